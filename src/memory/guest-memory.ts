@@ -7,6 +7,24 @@ import { PAGE_SHIFT, PAGE_SIZE } from '../wire/constants.js';
 export { PAGE_SHIFT, PAGE_SIZE };
 export const PAGE_MASK = PAGE_SIZE - 1;
 
+/** The page a GPA falls in (PFN = GPA >> 12, computed without 32-bit truncation). */
+export function gpaToPfn(gpa: number): number {
+  return Math.floor(gpa / PAGE_SIZE);
+}
+
+/** The GPA of the first byte of page `pfn`. */
+export function pfnToGpa(pfn: number): number {
+  return pfn * PAGE_SIZE;
+}
+
+/**
+ * How many pages a buffer of `byteCount` bytes starting `byteOffset` bytes into its first page
+ * spans: ceil((byteOffset + byteCount) / 4096), the PFN count of an MDL or a wire `gpa_range`.
+ */
+export function spanPages(byteOffset: number, byteCount: number): number {
+  return Math.ceil((byteOffset + byteCount) / PAGE_SIZE);
+}
+
 /** Default guest RAM size: 64 MiB. */
 export const DEFAULT_GUEST_MEMORY_BYTES = 64 * 1024 * 1024;
 
@@ -108,5 +126,11 @@ export class GuestMemory {
   write(gpa: number, src: Uint8Array): void {
     this.checkRange(gpa, src.length);
     this.bytes.set(src, gpa);
+  }
+
+  /** Sets [gpa, gpa + length) to `value` (default 0), e.g. to scrub freshly allocated pages. */
+  fill(gpa: number, length: number, value = 0): void {
+    this.checkRange(gpa, length);
+    this.bytes.fill(value, gpa, gpa + length);
   }
 }
