@@ -1,12 +1,14 @@
 // Starting worker threads from both compiled JavaScript (dist/) and TypeScript run through tsx
-// (tests, `npm run vmbus`): a `.ts` entry needs tsx's loader inside the worker too.
+// (tests, `npm run vmbus`). Node 20 does not honour `--import tsx` in a worker's execArgv, so a
+// `.ts` entry is started on a tiny JavaScript bootstrap that loads it through tsx's `tsImport`.
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
-/** Starts a worker on the module at `url` (a sibling `.ts` or `.js` file, resolved by the caller). */
+/** Starts a worker on the module at `url` (a `.ts` or `.js` file, usually from `siblingModule`). */
 export function startWorker(url: URL, options: WorkerOptions = {}): Worker {
-  const isTypeScript = url.pathname.endsWith('.ts');
-  const execArgv = isTypeScript ? ['--import', 'tsx', ...(options.execArgv ?? [])] : options.execArgv;
-  return new Worker(url, { ...options, execArgv });
+  if (!url.pathname.endsWith('.ts')) return new Worker(url, options);
+  const api = import.meta.resolve('tsx/esm/api');
+  const code = `import { tsImport } from ${JSON.stringify(api)};\nawait tsImport(${JSON.stringify(url.href)}, ${JSON.stringify(url.href)});\n`;
+  return new Worker(new URL(`data:text/javascript,${encodeURIComponent(code)}`), options);
 }
 
 /** Resolves `name` (without extension) next to `base` (an `import.meta.url`), keeping base's extension. */
