@@ -49,6 +49,8 @@ export interface RingWriterOptions {
 
 const EMPTY = new Uint8Array(0);
 const TOO_LARGE = -2;
+/** The most bytes a descriptor's u16 len8 can describe. */
+const MAX_LEN8_BYTES = 0xffff * 8;
 const FULL = -1;
 
 export class RingWriter {
@@ -57,7 +59,8 @@ export class RingWriter {
   readonly dataSize: number;
   /**
    * Largest packet (descriptor + extension + padded payload, trailer excluded) this ring can ever
-   * hold: D - 16, since packet + trailer must stay below the free space of an empty ring (D).
+   * hold: D - 16, since packet + trailer must stay below the free space of an empty ring (D), and
+   * never more than the descriptor's u16 len8 can describe (0xFFFF * 8 bytes).
    */
   readonly maximumPacketSize: number;
   private readonly control: Int32Array;
@@ -82,7 +85,7 @@ export class RingWriter {
   constructor(ring: RingMemory, options: RingWriterOptions = {}) {
     this.ring = ring;
     this.dataSize = ring.dataSize;
-    this.maximumPacketSize = ring.dataSize - 2 * VMPACKET_TRAILER_SIZE;
+    this.maximumPacketSize = Math.min(ring.dataSize - 2 * VMPACKET_TRAILER_SIZE, MAX_LEN8_BYTES);
     this.control = ring.control;
     this.data = ring.data;
     this.data32 = ring.data32;

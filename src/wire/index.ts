@@ -6,5 +6,6 @@ export * from './errors.js';
 export * from './gpadl.js';
 export * from './guid.js';
 export * from './message-json.js';
+export { fromHex, toHex } from './messages/bytes.js';
 export * from './messages.js';
 export * from './packets.js';

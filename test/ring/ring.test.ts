@@ -196,6 +196,18 @@ describe('writer', () => {
     assert.equal(r.next(), false);
   });
 
+  test('maximumPacketSize never exceeds what the u16 len8 can describe (0xFFFF * 8 bytes)', () => {
+    const ring = makeRing(1024 * 1024);
+    const w = new RingWriter(ring);
+    assert.equal(w.maximumPacketSize, 0xffff * 8);
+    assert.equal(w.writePacket(6, 0, 0, 0, new Uint8Array(600_000)), RING_WRITE_TOO_LARGE);
+    assert.equal(w.writePacket(6, 0, 0, 0, new Uint8Array(0xffff * 8 - 16)), RING_WRITE_OK);
+    w.commit();
+    const r = new RingReader(ring);
+    assert.ok(r.next());
+    assert.equal(r.packet.len8, 0xffff);
+  });
+
   test('batch: one publish, signal decided against the pre-batch write index', () => {
     const ring = makeRing(4096);
     const w = new RingWriter(ring);
