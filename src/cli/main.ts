@@ -16,7 +16,7 @@ export const USAGE = [
   'commands:',
   ...RING_USAGE.map((l) => `  ${l}`),
   ...MSG_USAGE.map((l) => `  ${l}`),
-  '  vmbus demo [ARGS]       host and guest talking over VMBus in this process',
+  '  vmbus demo [ARGS]       host and guest on two worker threads talking over VMBus (--help)',
   '  vmbus help              this text (also --help, -h)',
   '',
   'Packet scripts (ring encode) have one packet a line, numbers decimal or 0x-hex, # comments:',
@@ -26,22 +26,10 @@ export const USAGE = [
 
 const COMMANDS = 'ring, msg, demo, help';
 
-/** What src/cli/demo.ts provides (loaded lazily, so the codec commands work without it). */
-interface DemoModule {
-  runDemo(args: string[]): Promise<number>;
-}
-// Not a literal, so this file type-checks and runs whether or not demo.ts is present.
-const DEMO_MODULE = './demo.js';
-
+/** The demo is loaded lazily: it pulls in every layer and starts workers; the codecs need none of it. */
 async function runDemoCommand(args: string[]): Promise<number> {
-  let mod: Partial<DemoModule>;
-  try {
-    mod = (await import(DEMO_MODULE)) as Partial<DemoModule>;
-  } catch (e) {
-    throw new CliError(`demo is not available: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  if (typeof mod.runDemo !== 'function') throw new CliError('demo is not available: no runDemo export');
-  return mod.runDemo(args);
+  const { runDemo } = await import('./demo.js');
+  return runDemo(args);
 }
 
 async function dispatch(argv: string[], io: CliIo): Promise<number> {
