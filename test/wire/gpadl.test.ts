@@ -1,3 +1,4 @@
+// GPADL messages: splitting range lists into GPADL_HEADER + GPADL_BODY within 240 bytes, reassembly, limits and refusals.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';

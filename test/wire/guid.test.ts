@@ -1,3 +1,4 @@
+// GUIDs: the Windows mixed-endian wire form and the standard text form, both directions.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';

@@ -1,3 +1,4 @@
+// Fuzzing the channel-message decoders: random and mutated bytes give only WireErrors, and what decodes round-trips.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';

@@ -1,3 +1,4 @@
+// Channel-management messages: a byte vector for every type and form, both directions, and round trips.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
