@@ -6,10 +6,11 @@
 //   npm run bench [-- --json] [--quick] [--suite NAME ...] [--seconds S] [--repeats N]
 
 import { buildReport, renderReport, type Suite, type SuiteReport } from './harness.js';
+import { busSuite } from './bus.js';
 import { ringSuite } from './ring.js';
 
 /** Every suite, in the order they run. */
-export const SUITES: readonly Suite[] = [ringSuite];
+export const SUITES: readonly Suite[] = [ringSuite, busSuite];
 
 interface Args {
   json: boolean;
