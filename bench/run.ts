@@ -5,8 +5,8 @@
 //
 //   npm run bench [-- --json] [--quick] [--suite NAME ...] [--seconds S] [--repeats N]
 
-import { buildReport, renderReport, type Suite, type SuiteReport } from './harness.js';
 import { busSuite } from './bus.js';
+import { buildReport, renderReport, type Suite, type SuiteReport } from './harness.js';
 import { ringSuite } from './ring.js';
 
 /** Every suite, in the order they run. */
