@@ -7,10 +7,11 @@
 
 import { busSuite } from './bus.js';
 import { buildReport, renderReport, type Suite, type SuiteReport } from './harness.js';
+import { kmclSuite } from './kmcl.js';
 import { ringSuite } from './ring.js';
 
 /** Every suite, in the order they run. */
-export const SUITES: readonly Suite[] = [ringSuite, busSuite];
+export const SUITES: readonly Suite[] = [ringSuite, busSuite, kmclSuite];
 
 interface Args {
   json: boolean;

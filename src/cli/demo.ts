@@ -1,70 +1,63 @@
-// `vmbus demo`: a small end-to-end run of one VMBus channel's data path. It creates guest memory,
-// lays out both rings of a channel in one ring-GPADL region (pages [0, N) host-incoming,
-// [N, end) host-outgoing), and runs a "guest" that sends requests and a "host" that completes
-// them, on two worker threads (default) or interleaved on this thread (--same-thread,
-// deterministic). Signals go through the simulated SynIC (src/hv/). It prints progress and a
-// summary, checking that every transaction id came back exactly once and in order.
+// `vmbus demo` (what `npm start` runs): a host and a guest partition on the real VMBus, each in its
+// own worker thread (or both on this thread with --same-thread). The host worker creates the
+// hypervisor, the guest partition and the VSPs (heartbeat, shutdown, time sync, KVP, synthetic
+// SCSI); the guest worker attaches the partition from its descriptor, connects, negotiates, and its
+// VSCs attach. Then a workload: heartbeats, a KVP exchange, a time sync and verified block I/O, and
+// at the end a shutdown request. This thread only orchestrates: it starts the workers, steps them
+// through the phases and joins their plain-data reports into the summary (demo-summary.ts), which
+// it prints as a table or as one JSON object. Exit status 0 only if every check passed.
+// `vmbus demo --rings` runs the older ring-level demo (demo-rings.ts).
 
 import type { Worker } from 'node:worker_threads';
-import { createHvLinkDescriptor, createSameThreadLink, HvScheduler } from '../hv/index.js';
-import { PageAllocator } from '../memory/allocator.js';
-import { GuestMemory, PAGE_SIZE } from '../memory/guest-memory.js';
-import { channelRingsFromGpadl } from '../ring/index.js';
+import { createKmclSystem } from '../kmcl/bus-port.js';
 import { siblingModule, startWorker } from '../util/worker.js';
+import { DemoGuest } from './demo-guest.js';
+import { type CountingDisk, DEMO_GUEST_MEMORY_BYTES, DemoErrorLog, DemoHost, offersOf } from './demo-host.js';
 import {
-  DEMO_RESPONSE_BYTES,
-  type DemoChannel,
-  type DemoConfig,
-  DemoGuestSide,
-  DemoHostSide,
+  DEFAULT_WORKLOAD,
+  type DemoCommand,
+  type DemoEvent,
   type DemoWorkerData,
-  type DemoWorkerMessage,
-  type DirectionStats,
-  type SideReport,
-  sideReport,
-} from './demo-worker.js';
+  type DemoWorkload,
+  errorText,
+  extentCount,
+  type GuestReport,
+  type HostReport,
+  pairCount,
+} from './demo-protocol.js';
+import { type DemoSummary, renderSummary, summarize } from './demo-summary.js';
 
-/** The demo channel's relid, which is also the guest event flag the host sets. */
-const DEMO_CHILD_RELID = 1;
-/** The host connection id the guest signals (any free id; a real host hands it out in the offer). */
-const DEMO_CONNECTION_ID = 0x2001;
+export type { DemoSummary } from './demo-summary.js';
 
 export interface DemoOptions {
-  packets: number;
-  sameThread: boolean;
   json: boolean;
-  /** Pages per ring, control page included (>= 2). */
-  ringPages: number;
-  requestBytes: number;
-  batch: number;
-  scattered: boolean;
-  /** Give up after this many seconds. */
+  sameThread: boolean;
+  workload: DemoWorkload;
   timeoutSeconds: number;
 }
 
 export const DEMO_USAGE = `usage: vmbus demo [options]
-  --packets N       requests to send, each answered by a completion (default 200000)
-  --same-thread     run host and guest interleaved on one thread (deterministic)
-  --json            print the summary as one JSON object
-  --ring-pages N    pages per ring, control page included (default 32: 124 KiB of data)
-  --request-bytes N request payload size, a multiple of 4 (default 64)
-  --batch N         most packets handled per direction before a commit (default 64)
-  --scattered       place the ring GPADL on scattered guest pages
-  --timeout S       give up after S seconds (default 60)`;
+  Host and guest partitions on a simulated VMBus: the host offers heartbeat, shutdown, time sync,
+  KVP and a synthetic SCSI disk; the guest's drivers attach; then heartbeats, a KVP exchange, a
+  time sync and verified block I/O run, and a summary table is printed.
+
+  --json            print the summary as one JSON object on stdout (progress goes to stderr)
+  --same-thread     host and guest on this thread (default: two worker threads)
+  --io N            storage requests: N/2 writes, each read back and verified (default ${DEFAULT_WORKLOAD.ios})
+  --blocks N        blocks on the disk, ${DEFAULT_WORKLOAD.blockSize} B each (default ${DEFAULT_WORKLOAD.blocks})
+  --io-blocks N     blocks per request (default ${DEFAULT_WORKLOAD.ioBlocks})
+  --queue-depth N   storage requests in flight at most, 1..32 (default ${DEFAULT_WORKLOAD.queueDepth})
+  --heartbeats N    heartbeat rounds (default ${DEFAULT_WORKLOAD.heartbeats})
+  --kvp N           KVP records the host writes and reads back (default ${DEFAULT_WORKLOAD.kvpKeys})
+  --timeout S       give up after S seconds (default 120)
+  --rings           the ring-level demo instead (one channel's rings and signals; see --rings --help)
+  --help            this text`;
 
 class UsageError extends Error {}
 
 export function parseDemoArgs(args: readonly string[]): DemoOptions {
-  const o: DemoOptions = {
-    packets: 200_000,
-    sameThread: false,
-    json: false,
-    ringPages: 32,
-    requestBytes: 64,
-    batch: 64,
-    scattered: false,
-    timeoutSeconds: 60,
-  };
+  const w = { ...DEFAULT_WORKLOAD };
+  const o: DemoOptions = { json: false, sameThread: false, workload: w, timeoutSeconds: 120 };
   const int = (name: string, v: string | undefined, min: number, max: number): number => {
     const n = v === undefined || !/^\d+$/.test(v) ? Number.NaN : Number(v);
     if (!Number.isSafeInteger(n) || n < min || n > max) {
@@ -75,27 +68,29 @@ export function parseDemoArgs(args: readonly string[]): DemoOptions {
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     switch (a) {
-      case '--packets':
-        o.packets = int(a, args[++i], 1, 100_000_000);
+      case '--json':
+        o.json = true;
         break;
       case '--same-thread':
         o.sameThread = true;
         break;
-      case '--json':
-        o.json = true;
+      case '--io':
+        w.ios = int(a, args[++i], 2, 10_000_000);
         break;
-      case '--ring-pages':
-        o.ringPages = int(a, args[++i], 2, 65_536);
+      case '--blocks':
+        w.blocks = int(a, args[++i], 1, 1 << 22);
         break;
-      case '--request-bytes':
-        o.requestBytes = int(a, args[++i], 8, 1 << 20);
-        if (o.requestBytes % 4 !== 0) throw new UsageError('--request-bytes must be a multiple of 4');
+      case '--io-blocks':
+        w.ioBlocks = int(a, args[++i], 1, 128);
         break;
-      case '--batch':
-        o.batch = int(a, args[++i], 1, 1 << 20);
+      case '--queue-depth':
+        w.queueDepth = int(a, args[++i], 1, 32);
         break;
-      case '--scattered':
-        o.scattered = true;
+      case '--heartbeats':
+        w.heartbeats = int(a, args[++i], 0, 1_000_000);
+        break;
+      case '--kvp':
+        w.kvpKeys = int(a, args[++i], 0, 1000);
         break;
       case '--timeout':
         o.timeoutSeconds = int(a, args[++i], 1, 86_400);
@@ -104,284 +99,187 @@ export function parseDemoArgs(args: readonly string[]): DemoOptions {
         throw new UsageError(`unknown option ${a}`);
     }
   }
-  const dataBytes = (o.ringPages - 1) * PAGE_SIZE;
-  const largest = Math.max(16 + o.requestBytes, 16 + DEMO_RESPONSE_BYTES) + 8;
-  if (largest >= dataBytes) {
-    throw new UsageError(`a ${o.requestBytes}-byte request does not fit a ring of ${o.ringPages} pages`);
+  if (extentCount(w) < 1) {
+    throw new UsageError(`--blocks ${w.blocks} is smaller than one request of ${w.ioBlocks} blocks`);
   }
   return o;
 }
 
-/** The summary the demo prints. */
-export interface DemoSummary {
-  readonly ok: boolean;
-  readonly mode: 'two-workers' | 'same-thread';
-  readonly packets: number;
-  readonly ring: {
-    readonly pagesPerRing: number;
-    readonly dataBytesPerRing: number;
-    readonly downstreamPageOffset: number;
-    readonly scattered: boolean;
-  };
-  readonly guestToHost: DirectionSummary;
-  readonly hostToGuest: DirectionSummary;
-  /** Signals each way through the SynIC, and the events the receiving side took (signals coalesce). */
-  readonly signals: { readonly guestToHost: SignalSummary; readonly hostToGuest: SignalSummary };
-  readonly elapsedSeconds: number;
-  /** Packets moved (both directions) per second. */
-  readonly packetsPerSecond: number;
-  /** Request/completion pairs per second. */
-  readonly roundTripsPerSecond: number;
-  readonly lost: number;
-  readonly duplicated: number;
-  readonly reordered: number;
-  readonly corrupted: number;
-  readonly lostWakeups: number;
+export interface Reports {
+  host: HostReport;
+  guest: GuestReport;
+  teardownErrors: string[];
 }
 
-export interface DirectionSummary extends DirectionStats {
-  /** Signals the writer sent because the ring went from empty to non-empty. */
-  readonly dataSignals: number;
-  /** Signals the reader sent back because it freed the space the writer was waiting for. */
-  readonly spaceSignals: number;
-  /** What the receiving side's check found. */
-  readonly received: number;
-  readonly lost: number;
-  readonly duplicated: number;
-  readonly reordered: number;
-  readonly corrupted: number;
-}
+export type Log = (who: string, text: string) => void;
 
-export interface SignalSummary {
-  /** Signals sent: data (a ring went non-empty) + space (pending_send_sz was crossed). */
-  readonly sent: number;
-  readonly data: number;
-  readonly space: number;
-  /** Event-handler runs on the receiving side. */
-  readonly eventsTaken: number;
-}
-
-interface Setup {
-  readonly channel: DemoChannel;
-  readonly memory: GuestMemory;
-  readonly config: DemoConfig;
-}
-
-/** Guest RAM with the channel's ring GPADL in it, both rings initialized (as the guest does before OPENCHANNEL). */
-function setUp(o: DemoOptions, link: DemoChannel['link']): Setup {
-  const gpadlPages = 2 * o.ringPages;
-  const memory = new GuestMemory(Math.max(4 << 20, (gpadlPages * 2 + 64) * PAGE_SIZE));
-  const allocator = new PageAllocator(memory, { seed: 7 });
-  const gpadlPfns = Array.from(allocator.allocate(gpadlPages, o.scattered ? 'scattered' : 'contiguous'));
-  const rings = channelRingsFromGpadl(memory, gpadlPfns, o.ringPages);
-  rings.guestToHost.initialize();
-  rings.hostToGuest.initialize();
-  const channel: DemoChannel = {
-    memory: memory.buffer,
-    gpadlPfns,
-    downstreamOffset: o.ringPages,
-    link,
-    connectionId: DEMO_CONNECTION_ID,
-    eventFlag: DEMO_CHILD_RELID,
-  };
-  return { channel, memory, config: { packets: o.packets, requestBytes: o.requestBytes, batch: o.batch } };
-}
-
-function clockMs(): number {
-  return performance.timeOrigin + performance.now();
-}
-
-/** Host and guest interleaved on this thread, woken only by their signals (deterministic). */
-function runSameThread(o: DemoOptions, progress: (completions: number) => void): SideReport[] {
-  const scheduler = new HvScheduler({ mode: 'manual' });
-  const link = createSameThreadLink({ scheduler });
-  const { channel, memory, config } = setUp(o, link.descriptor);
-  let hostSignalled = false;
-  let guestSignalled = false;
-  link.host.onEvent(channel.connectionId, () => {
-    hostSignalled = true;
+/** Host and guest on this thread, on one deterministic scheduler (`disk`: the host's, for tests). */
+export async function runSameThread(
+  w: DemoWorkload,
+  log: Log,
+  disk?: CountingDisk,
+  timeoutSeconds = 120,
+): Promise<Reports> {
+  const hostLog = new DemoErrorLog();
+  const sys = await createKmclSystem({
+    transport: 'same-thread',
+    memoryBytes: DEMO_GUEST_MEMORY_BYTES,
+    provider: hostLog.options,
   });
-  link.guest.onEvent(channel.eventFlag, () => {
-    guestSignalled = true;
-  });
-  const host = new DemoHostSide(channel, memory, config, () => link.host.setEventFlag(channel.eventFlag));
-  const guest = new DemoGuestSide(
-    channel,
-    memory,
-    config,
-    () => link.guest.signalEvent(channel.connectionId),
-    progress,
-  );
-  const start = clockMs();
-  const deadline = start + o.timeoutSeconds * 1000;
-  // A side runs when it was signalled or its last step did something (it has its own work).
-  let guestActive = true;
-  let hostActive = true;
-  let iterations = 0;
-  while (!(guest.done && host.done)) {
-    if (guestActive || guestSignalled) {
-      guestSignalled = false;
-      guestActive = guest.step() > 0;
+  const host = new DemoHost(sys.host, w, offersOf(sys), hostLog, disk);
+  const guest = new DemoGuest(sys.guests[0]!, sys.guestBuses[0]!.allocator, w, new DemoErrorLog());
+  const teardownErrors: string[] = [];
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    for (const side of [guest, host]) {
+      try {
+        await side.stop();
+      } catch (e) {
+        teardownErrors.push(errorText(e));
+      }
     }
-    link.runUntilIdle();
-    if (hostActive || hostSignalled) {
-      hostSignalled = false;
-      hostActive = host.step() > 0;
-    }
-    link.runUntilIdle();
-    if (!guestActive && !hostActive && !guestSignalled && !hostSignalled && !(guest.done && host.done)) {
-      throw new Error('stalled: both ends wait for a signal that never comes (lost wake-up)');
-    }
-    if ((++iterations & 1023) === 0 && clockMs() > deadline) {
-      throw new Error(`timed out after ${o.timeoutSeconds} s`);
+  };
+  const steps = async (): Promise<Reports> => {
+    const [h, g] = await Promise.all([host.ready(), guest.ready()]);
+    log('host', `VSPs offered; the guest negotiated ${h}`);
+    log('guest', `VMBus connected, drivers attached; ${g}`);
+    await Promise.all([host.run((t) => log('host', t)), guest.run((t) => log('guest', t))]);
+    const hostReport = await host.finish();
+    const guestReport = guest.report();
+    await stop();
+    return { host: hostReport, guest: guestReport, teardownErrors };
+  };
+  try {
+    return await withTimeout(steps(), timeoutSeconds);
+  } finally {
+    await stop();
+    await sys.close();
+  }
+}
+
+/** One worker as the main thread sees it: its events in order, progress logged as it comes. */
+class WorkerSide {
+  private readonly events: DemoEvent[] = [];
+  private waiter: (() => void) | null = null;
+  private failure: Error | null = null;
+
+  constructor(
+    readonly role: 'host' | 'guest',
+    readonly worker: Worker,
+    log: Log,
+  ) {
+    worker.on('message', (e: DemoEvent) => {
+      if (e.type === 'progress') log(role, e.text);
+      else if (e.type === 'error') this.fail(new Error(`${role} worker: ${e.message}`));
+      else this.push(e);
+    });
+    worker.on('error', (e) => this.fail(new Error(`${role} worker: ${errorText(e)}`)));
+    worker.on('exit', (code) => this.fail(new Error(`${role} worker exited (code ${code})`)));
+  }
+
+  private push(e: DemoEvent): void {
+    this.events.push(e);
+    this.wake();
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  send(command: DemoCommand): void {
+    this.worker.postMessage(command);
+  }
+
+  /** The next event, which must be of `type`. */
+  async next<T extends DemoEvent['type']>(type: T): Promise<Extract<DemoEvent, { type: T }>> {
+    for (;;) {
+      const e = this.events.shift();
+      if (e !== undefined) {
+        if (e.type !== type) throw new Error(`${this.role} worker: expected '${type}', got '${e.type}'`);
+        return e as Extract<DemoEvent, { type: T }>;
+      }
+      if (this.failure !== null) throw this.failure;
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve;
+      });
     }
   }
-  const end = clockMs();
-  link.close();
-  return [
-    sideReport('guest', guest, start, end, link.guest.stats.eventsReceived, 0),
-    sideReport('host', host, start, end, link.host.stats.eventsReceived, 0),
-  ];
 }
 
-/** Host and guest in two worker threads, sharing only guest RAM and the SynIC link. */
-async function runWorkers(o: DemoOptions, progress: (completions: number) => void): Promise<SideReport[]> {
-  const { channel, config } = setUp(o, createHvLinkDescriptor());
+/** Host and guest in two worker threads; this thread only steps them and collects their reports. */
+export async function runWorkers(w: DemoWorkload, log: Log, timeoutSeconds = 120): Promise<Reports> {
   const url = siblingModule(import.meta.url, 'demo-worker');
   const workers: Worker[] = [];
+  const start = (data: DemoWorkerData): WorkerSide => {
+    const worker = startWorker(url, { workerData: data });
+    workers.push(worker);
+    return new WorkerSide(data.role, worker, log);
+  };
+  const steps = async (): Promise<Reports> => {
+    const host = start({ kind: 'vmbus-demo', role: 'host', workload: w });
+    const { descriptor } = await host.next('descriptor');
+    log('main', 'host worker created the hypervisor and the guest partition; starting the guest worker');
+    const guest = start({ kind: 'vmbus-demo', role: 'guest', workload: w, descriptor });
+    const [h, g] = await Promise.all([host.next('ready'), guest.next('ready')]);
+    log('host', `VSPs offered; the guest negotiated ${h.text}`);
+    log('guest', `VMBus connected, drivers attached; ${g.text}`);
+    host.send({ type: 'run' });
+    guest.send({ type: 'run' });
+    await Promise.all([host.next('ran'), guest.next('ran')]);
+    host.send({ type: 'finish' });
+    const hostReport = (await host.next('report')).report as HostReport;
+    guest.send({ type: 'finish' });
+    const guestReport = (await guest.next('report')).report as GuestReport;
+    // The guest's drivers close first; then the host revokes its offers (the guest's VMBus client
+    // is still there to release them) and closes the bus.
+    const teardownErrors: string[] = [];
+    guest.send({ type: 'stop' });
+    const gs = await guest.next('stopped');
+    if (gs.error !== null) teardownErrors.push(`guest: ${gs.error}`);
+    host.send({ type: 'stop' });
+    const hs = await host.next('stopped');
+    if (hs.error !== null) teardownErrors.push(`host: ${hs.error}`);
+    return { host: hostReport, guest: guestReport, teardownErrors };
+  };
   try {
-    const start = (role: 'guest' | 'host') => {
-      const workerData: DemoWorkerData = { kind: 'vmbus-demo', role, channel, config };
-      const w = startWorker(url, { workerData });
-      workers.push(w);
-      let onReady!: () => void;
-      let onReadyFail!: (e: Error) => void;
-      const ready = new Promise<void>((resolve, reject) => {
-        onReady = resolve;
-        onReadyFail = reject;
-      });
-      const done = new Promise<SideReport>((resolve, reject) => {
-        const fail = (e: Error) => {
-          onReadyFail(e);
-          reject(e);
-        };
-        w.on('message', (m: DemoWorkerMessage) => {
-          if (m.type === 'ready') onReady();
-          else if (m.type === 'progress') progress(m.completions);
-          else if (m.type === 'done') resolve(m.report);
-          else fail(new Error(`${role}: ${m.message}`));
-        });
-        w.on('error', (e) => fail(new Error(`${role} worker: ${e.message}`)));
-        w.on('exit', (code) => fail(new Error(`${role} worker exited (code ${code}) before finishing`)));
-      });
-      return { worker: w, ready, done };
-    };
-    // The host listens on the connection id before the guest may signal it.
-    const host = start('host');
-    const guest = start('guest');
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`timed out after ${o.timeoutSeconds} s`)),
-        o.timeoutSeconds * 1000,
-      );
-    });
-    try {
-      await Promise.race([Promise.all([host.ready, guest.ready]), timeout]);
-      host.worker.postMessage('start');
-      guest.worker.postMessage('start');
-      return await Promise.race([Promise.all([guest.done, host.done]), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return await withTimeout(steps(), timeoutSeconds);
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
+    // Also after a failure or a timeout: nothing may keep the process alive.
+    await Promise.all(workers.map((wk) => wk.terminate()));
   }
 }
 
-function direction(writer: SideReport, reader: SideReport): DirectionSummary {
-  return {
-    ...writer.sent,
-    dataSignals: writer.dataSignals,
-    spaceSignals: reader.spaceSignals,
-    received: reader.check.received,
-    lost: reader.check.lost,
-    duplicated: reader.check.duplicated,
-    reordered: reader.check.reordered + reader.check.outOfRange,
-    corrupted: reader.corrupted,
-  };
+function withTimeout<T>(p: Promise<T>, seconds: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${seconds} s`)), seconds * 1000);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
-function signals(sender: SideReport, receiver: SideReport): SignalSummary {
-  return {
-    sent: sender.dataSignals + sender.spaceSignals,
-    data: sender.dataSignals,
-    space: sender.spaceSignals,
-    eventsTaken: receiver.eventsReceived,
-  };
-}
-
-function summarize(o: DemoOptions, guest: SideReport, host: SideReport): DemoSummary {
-  const g2h = direction(guest, host);
-  const h2g = direction(host, guest);
-  const elapsedSeconds =
-    (Math.max(guest.endMs, host.endMs) - Math.min(guest.startMs, host.startMs)) / 1000 || 1e-9;
-  const lost = g2h.lost + h2g.lost;
-  const duplicated = g2h.duplicated + h2g.duplicated;
-  const reordered = g2h.reordered + h2g.reordered;
-  const corrupted = g2h.corrupted + h2g.corrupted;
-  const lostWakeups = guest.lostWakeups + host.lostWakeups;
-  return {
-    ok: lost === 0 && duplicated === 0 && reordered === 0 && corrupted === 0 && lostWakeups === 0,
-    mode: o.sameThread ? 'same-thread' : 'two-workers',
-    packets: o.packets,
-    ring: {
-      pagesPerRing: o.ringPages,
-      dataBytesPerRing: (o.ringPages - 1) * PAGE_SIZE,
-      downstreamPageOffset: o.ringPages,
-      scattered: o.scattered,
-    },
-    guestToHost: g2h,
-    hostToGuest: h2g,
-    signals: { guestToHost: signals(guest, host), hostToGuest: signals(host, guest) },
-    elapsedSeconds,
-    packetsPerSecond: (g2h.packets + h2g.packets) / elapsedSeconds,
-    roundTripsPerSecond: h2g.received / elapsedSeconds,
-    lost,
-    duplicated,
-    reordered,
-    corrupted,
-    lostWakeups,
-  };
-}
-
-function si(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} G`;
-  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
-  return `${Math.round(n)} `;
-}
-
-function renderSummary(s: DemoSummary): string {
-  const dir = (name: string, d: DirectionSummary) =>
-    `  ${name}: ${d.packets} packets, ${si(d.payloadBytes)}B payload, ${si(d.ringBytes)}B in the ring, ` +
-    `${d.wraps} wraps, ${d.fullStalls} full-ring stalls; received ${d.received}`;
-  const sig = (name: string, g: SignalSummary) =>
-    `  signals ${name}: ${g.sent} (${g.data} data, ${g.space} space), ${g.eventsTaken} events taken`;
-  return [
-    `summary (${s.mode}):`,
-    dir('guest->host requests   ', s.guestToHost),
-    dir('host->guest completions', s.hostToGuest),
-    sig('guest->host', s.signals.guestToHost),
-    sig('host->guest', s.signals.hostToGuest),
-    `  elapsed ${s.elapsedSeconds.toFixed(3)} s, ${si(s.packetsPerSecond)}packets/s, ${si(s.roundTripsPerSecond)}round trips/s`,
-    `  lost=${s.lost} duplicated=${s.duplicated} reordered=${s.reordered} corrupted=${s.corrupted} lostWakeups=${s.lostWakeups}`,
-    s.ok ? 'OK' : 'FAILED',
-  ].join('\n');
-}
-
-/** Runs the demo with command-line `args`; resolves to the process exit code (0 only if every check passed). */
+/** Runs `vmbus demo ARGS`; resolves to the exit status (0 only if every check passed). */
 export async function runDemo(args: string[]): Promise<number> {
+  if (args.includes('--rings')) {
+    const { runRingDemo, RING_DEMO_USAGE } = await import('./demo-rings.js');
+    if (args.includes('--help') || args.includes('-h')) {
+      process.stdout.write(`${RING_DEMO_USAGE}\n`);
+      return 0;
+    }
+    return runRingDemo(args.filter((a) => a !== '--rings'));
+  }
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`${DEMO_USAGE}\n`);
+    return 0;
+  }
   let o: DemoOptions;
   try {
     o = parseDemoArgs(args);
@@ -392,33 +290,39 @@ export async function runDemo(args: string[]): Promise<number> {
     }
     throw e;
   }
-  const out = (line: string) => {
-    if (!o.json) process.stdout.write(`${line}\n`);
+  const w = o.workload;
+  const stream = o.json ? process.stderr : process.stdout;
+  const t0 = performance.now();
+  const log: Log = (who, text) => {
+    const t = ((performance.now() - t0) / 1000).toFixed(2).padStart(6);
+    stream.write(`[${t} s] ${who.padEnd(5)} ${text}\n`);
   };
-  out(
-    `vmbus demo: ${o.packets} requests (${o.requestBytes} B, COMPLETION_REQUESTED) from guest to host, ` +
-      `each answered by a ${DEMO_RESPONSE_BYTES}-byte completion; ${o.sameThread ? 'one thread, interleaved' : 'host and guest in two worker threads'}`,
+  stream.write(
+    `vmbus demo: ${o.sameThread ? 'host and guest on one thread' : 'host and guest in two worker threads'}; ` +
+      `${pairCount(w)} block writes + ${pairCount(w)} verifying reads (${w.ioBlocks} x ${w.blockSize} B, ` +
+      `up to ${w.queueDepth} in flight) on a ${w.blocks}-block disk, ${w.heartbeats} heartbeats, ` +
+      `${w.kvpKeys} KVP records, 1 time SYNC + ${w.timeSamples} samples\n`,
   );
-  out(
-    `  ring GPADL: ${2 * o.ringPages} ${o.scattered ? 'scattered' : 'contiguous'} pages; ` +
-      `[0, ${o.ringPages}) guest->host, [${o.ringPages}, ${2 * o.ringPages}) host->guest; ` +
-      `${((o.ringPages - 1) * PAGE_SIZE) / 1024} KiB of data per ring; signals through the simulated SynIC`,
-  );
-  const progress = (completions: number) =>
-    out(`  ${completions} / ${o.packets} completions (${Math.round((100 * completions) / o.packets)}%)`);
-  let reports: SideReport[];
+  let reports: Reports;
   try {
-    reports = o.sameThread ? runSameThread(o, progress) : await runWorkers(o, progress);
+    reports = o.sameThread
+      ? await runSameThread(w, log, undefined, o.timeoutSeconds)
+      : await runWorkers(w, log, o.timeoutSeconds);
   } catch (e) {
-    const message = e instanceof Error ? e.message : String(e);
+    const message = errorText(e);
     if (o.json) process.stdout.write(`${JSON.stringify({ ok: false, error: message })}\n`);
-    else process.stderr.write(`vmbus demo failed: ${message}\n`);
+    process.stderr.write(`vmbus demo failed: ${message}\n`);
     return 1;
   }
-  const guest = reports.find((r) => r.role === 'guest')!;
-  const host = reports.find((r) => r.role === 'host')!;
-  const summary = summarize(o, guest, host);
+  const summary: DemoSummary = summarize({
+    mode: o.sameThread ? 'same-thread' : 'worker-threads',
+    elapsedSeconds: (performance.now() - t0) / 1000,
+    workload: w,
+    host: reports.host,
+    guest: reports.guest,
+    teardownErrors: reports.teardownErrors,
+  });
   if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
-  else out(renderSummary(summary));
+  else process.stdout.write(`\n${renderSummary(summary)}\n`);
   return summary.ok ? 0 : 1;
 }

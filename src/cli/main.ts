@@ -7,6 +7,7 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CliError, type CliIo, errorLine } from './errors.js';
+import { INFO_USAGE } from './info.js';
 import { MSG_USAGE, runMsg } from './msg-commands.js';
 import { RING_USAGE, runRing } from './ring-commands.js';
 
@@ -16,6 +17,7 @@ export const USAGE = [
   'commands:',
   ...RING_USAGE.map((l) => `  ${l}`),
   ...MSG_USAGE.map((l) => `  ${l}`),
+  ...INFO_USAGE.map((l) => `  ${l}`),
   '  vmbus demo [ARGS]       host and guest on two worker threads talking over VMBus (--help)',
   '  vmbus help              this text (also --help, -h)',
   '',
@@ -24,7 +26,7 @@ export const USAGE = [
   '  sglist XACTID LEN:OFS:PFN[,...] [HEX]     e.g. sglist 0x42 4096:0:0x1234,100:8:0x99 deadbeef',
 ].join('\n');
 
-const COMMANDS = 'ring, msg, demo, help';
+const COMMANDS = 'ring, msg, info, demo, help';
 
 /** The demo is loaded lazily: it pulls in every layer and starts workers; the codecs need none of it. */
 async function runDemoCommand(args: string[]): Promise<number> {
@@ -39,6 +41,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       return runRing(rest, io);
     case 'msg':
       return runMsg(rest, io);
+    case 'info':
+      return (await import('./info.js')).runInfo(rest, io);
     case 'demo':
       return runDemoCommand(rest);
     case 'help':

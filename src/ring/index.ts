@@ -19,6 +19,7 @@ export {
 } from './memory.js';
 export { RingPacket, RingReader, type RingReaderOptions, type WakeupRule } from './reader.js';
 export {
+  type PendingSendSizing,
   RING_WRITE_FULL,
   RING_WRITE_OK,
   RING_WRITE_TOO_LARGE,

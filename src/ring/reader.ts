@@ -13,7 +13,7 @@ import {
   CONTROL_PENDING_SEND_SZ,
   CONTROL_READ_INDEX,
   CONTROL_WRITE_INDEX,
-  copyWords,
+  copyOut,
   RING_FEATURE_PENDING_SEND_SZ,
   type RingMemory,
   WORD_COPY_MAX,
@@ -112,7 +112,7 @@ export class RingPacket {
     const p = this.payloadStart;
     const dst32 = length <= WORD_COPY_MAX ? this.words.of(dst) : null;
     if (this.bytes !== null && p + length <= this.D) {
-      copyWords(dst, dst32, dstOffset, this.bytes, this.ring.data32, p, length);
+      copyOut(dst, dst32, dstOffset, this.bytes, this.ring.data32, p, length, this.ring.whole);
     } else {
       this.ring.read(p, dst, dstOffset, length, dst32);
     }

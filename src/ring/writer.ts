@@ -5,6 +5,13 @@
 // whether the reader must be signalled (empty -> non-empty, interrupt_mask clear) and manages
 // pending_send_sz when blocked. Nothing is allocated per packet; a full ring is a result code, a
 // corrupt read_index from the other side a sticky RingError.
+//
+// pending_send_sz sizing (automatic by default): a writer blocked with nothing uncommitted asks for
+// max(packet + trailer, maximumPacketSize / 4) rounded up to 8 bytes ('quarter', OpenVMM's
+// choice), so the reader wakes it once, after a quarter of the ring has drained, instead of on
+// nearly every reader commit: with 'exact' (packet + trailer only, an option) a fast writer on a
+// full ring is woken for every batch the reader frees. The writer itself re-checks for the packet's
+// own size on every attempt, so a writer that polls is never held back by the larger request.
 
 import {
   align8,
@@ -25,7 +32,7 @@ import {
   CONTROL_PENDING_SEND_SZ,
   CONTROL_READ_INDEX,
   CONTROL_WRITE_INDEX,
-  copyWords,
+  copyIn,
   type RingMemory,
   WORD_COPY_MAX,
   WordView,
@@ -39,12 +46,23 @@ export const RING_WRITE_FULL = 1;
 export const RING_WRITE_TOO_LARGE = 2;
 export type RingWriteResult = typeof RING_WRITE_OK | typeof RING_WRITE_FULL | typeof RING_WRITE_TOO_LARGE;
 
+/**
+ * What an automatic pending_send_sz asks for (spec 1.7):
+ * - 'quarter' (default; OpenVMM's `WriteState::poll_ready`): max(packet + trailer,
+ *   maximumPacketSize / 4), rounded up to a multiple of 8: the reader signals once a quarter of the
+ *   ring is free, which avoids a wakeup per reader commit while the ring stays nearly full;
+ * - 'exact': the packet + trailer, the least space that lets the blocked packet in.
+ */
+export type PendingSendSizing = 'quarter' | 'exact';
+
 export interface RingWriterOptions {
   /**
-   * When a packet does not fit and nothing is left uncommitted, set pending_send_sz to the bytes it
-   * needs (packet + trailer), re-check, and clear it again once a packet fits (spec 1.7). Default true.
+   * When a packet does not fit and nothing is left uncommitted, set pending_send_sz (sized by
+   * `pendingSendSizing`), re-check, and clear it again once a packet fits (spec 1.7). Default true.
    */
   autoPendingSendSize?: boolean;
+  /** How much free space the automatic pending_send_sz asks for. Default 'quarter'. */
+  pendingSendSizing?: PendingSendSizing;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -63,12 +81,17 @@ export class RingWriter {
    * never more than the descriptor's u16 len8 can describe (0xFFFF * 8 bytes).
    */
   readonly maximumPacketSize: number;
+  /** How an automatic pending_send_sz is sized. */
+  readonly pendingSendSizing: PendingSendSizing;
   private readonly control: Int32Array;
   private readonly data: Uint8Array | null;
   private readonly data32: Int32Array | null;
   private readonly dv: DataView | null;
+  private readonly whole: Uint8Array | null;
   private readonly words = new WordView();
   private readonly autoPending: boolean;
+  /** The least automatic pending_send_sz: ceil8(maximumPacketSize / 4) for 'quarter', 0 for 'exact'. */
+  private readonly pendingFloor: number;
   /** write_index as last published. */
   private committed: number;
   /** Where the next packet goes (>= committed in ring order). */
@@ -90,7 +113,14 @@ export class RingWriter {
     this.data = ring.data;
     this.data32 = ring.data32;
     this.dv = ring.dataView;
+    this.whole = ring.whole;
     this.autoPending = options.autoPendingSendSize ?? true;
+    const sizing = options.pendingSendSizing ?? 'quarter';
+    if (sizing !== 'quarter' && sizing !== 'exact') {
+      throw new RangeError(`pendingSendSizing must be 'quarter' or 'exact', not ${String(sizing)}`);
+    }
+    this.pendingSendSizing = sizing;
+    this.pendingFloor = sizing === 'quarter' ? (Math.ceil(this.maximumPacketSize / 4) + 7) & ~7 : 0;
     const w = Atomics.load(this.control, CONTROL_WRITE_INDEX) >>> 0;
     if (w >= this.dataSize || (w & 7) !== 0) {
       throw this.fail('write_index', `${w} is not a multiple of 8 below ${this.dataSize}`);
@@ -174,7 +204,7 @@ export class RingWriter {
       dv.setUint32(o + 8, transIdLo, true);
       dv.setUint32(o + 12, transIdHi, true);
       if (payloadLength > 0) {
-        copyWords(
+        copyIn(
           seg,
           seg32,
           o + VMPACKET_DESCRIPTOR_SIZE,
@@ -182,6 +212,7 @@ export class RingWriter {
           payloadLength <= WORD_COPY_MAX ? this.words.of(payload) : null,
           payloadOffset,
           payloadLength,
+          this.whole,
         );
       }
       dv.setUint32(end, 0, true);
@@ -355,9 +386,14 @@ export class RingWriter {
       r = this.loadReadIndex();
       if ((w >= r ? D - (w - r) : r - w) <= total) {
         if (!this.autoPending || w !== this.committed) return FULL;
-        // Blocked with nothing uncommitted: ask the reader for `total` free bytes, then re-check
-        // (the store and load are sequentially consistent: the full barrier of spec 1.7).
-        Atomics.store(this.control, CONTROL_PENDING_SEND_SZ, total);
+        // Blocked with nothing uncommitted: ask the reader for at least `total` free bytes (see
+        // the module comment), then re-check for `total` (the store and load are sequentially
+        // consistent: the full barrier of spec 1.7).
+        Atomics.store(
+          this.control,
+          CONTROL_PENDING_SEND_SZ,
+          total > this.pendingFloor ? total : this.pendingFloor,
+        );
         this.pendingSet = true;
         r = this.loadReadIndex();
         if ((w >= r ? D - (w - r) : r - w) <= total) return FULL;

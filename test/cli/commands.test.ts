@@ -69,10 +69,10 @@ describe('vmbus help', () => {
   }
 
   test('no command and unknown commands are one-line errors listing the commands', async () => {
-    assertBadInput(await run([]), /no command given \(commands: ring, msg, demo, help/);
+    assertBadInput(await run([]), /no command given \(commands: ring, msg, info, demo, help/);
     assertBadInput(
       await run(['frobnicate']),
-      /unknown command "frobnicate" \(commands: ring, msg, demo, help/,
+      /unknown command "frobnicate" \(commands: ring, msg, info, demo, help/,
     );
     assertBadInput(await run(['ring']), /ring: expected encode or decode/);
     assertBadInput(await run(['ring', 'mangle']), /ring: unknown subcommand "mangle"/);

@@ -247,9 +247,9 @@ describe('writer', () => {
     assert.deepEqual(ids, [1, 3]);
   });
 
-  test('pending_send_sz: set automatically when blocked, cleared once a packet fits', () => {
+  test('pending_send_sz (exact sizing): set automatically when blocked, cleared once a packet fits', () => {
     const ring = makeRing(16384);
-    const w = new RingWriter(ring);
+    const w = new RingWriter(ring, { pendingSendSizing: 'exact' });
     const r = new RingReader(ring);
     for (let i = 0; i < 4; i++) assert.notEqual(writeSimple(w, new Uint8Array(4000)), null);
     assert.equal(w.writePacket(6, 0, 0, 0, new Uint8Array(4000)), RING_WRITE_FULL);
@@ -259,6 +259,87 @@ describe('writer', () => {
     assert.equal(readSimple(r)[1], false);
     assert.equal(w.writePacket(6, 0, 0, 0, new Uint8Array(4000)), RING_WRITE_OK);
     assert.equal(Atomics.load(ring.control, CONTROL_PENDING_SEND_SZ), 0);
+  });
+
+  for (const rule of ['linux', 'openvmm'] as const) {
+    test(`pending_send_sz (quarter sizing, the default; ${rule} rule): one wakeup, once a quarter is free`, () => {
+      // D = 65536: maximumPacketSize 65520, a quarter 16380, rounded up to 8: 16384.
+      const ring = makeRing(65536);
+      const w = new RingWriter(ring);
+      assert.equal(w.pendingSendSizing, 'quarter');
+      const r = new RingReader(ring, { wakeupRule: rule });
+      const payload = new Uint8Array(1000); // 1016-byte packet + 8-byte trailer = 1024
+      let n = 0;
+      while (writeSimple(w, payload) !== null) n++;
+      assert.equal(n, 63); // 63 * 1024 used, 1024 writable: the never-full rule refuses the 64th
+      assert.equal(Atomics.load(ring.control, CONTROL_PENDING_SEND_SZ), 16384);
+      // Reads free 1024 bytes each; the 16th makes 17408 writable, the first above 16384.
+      const wakeups: number[] = [];
+      for (let i = 1; i <= n; i++) if (readSimple(r)[1]) wakeups.push(i);
+      assert.deepEqual(wakeups, [16]);
+      // The request is a wakeup threshold only: a writer that polls gets in as soon as its packet fits.
+      const ring2 = makeRing(65536);
+      const w2 = new RingWriter(ring2);
+      const r2 = new RingReader(ring2, { wakeupRule: rule });
+      while (writeSimple(w2, payload) !== null) {}
+      assert.equal(readSimple(r2)[1], false);
+      assert.equal(w2.writePacket(6, 0, 0, 0, payload), RING_WRITE_OK);
+      assert.equal(Atomics.load(ring2.control, CONTROL_PENDING_SEND_SZ), 0);
+    });
+  }
+
+  test('pending_send_sz (quarter sizing): a packet larger than a quarter asks for its own size', () => {
+    const ring = makeRing(16384); // a quarter: ceil8(16368 / 4) = 4096
+    const w = new RingWriter(ring);
+    assert.notEqual(writeSimple(w, new Uint8Array(11000)), null); // 5360 bytes left
+    assert.equal(w.writePacket(6, 0, 0, 0, new Uint8Array(6000)), RING_WRITE_FULL);
+    assert.equal(Atomics.load(ring.control, CONTROL_PENDING_SEND_SZ), 6024); // 16 + 6000 + 8
+    const small = makeRing(4096); // maximumPacketSize 4080, a quarter 1020 -> 1024
+    const ws = new RingWriter(small);
+    assert.notEqual(writeSimple(ws, new Uint8Array(3500)), null); // 568 bytes left
+    assert.equal(ws.writePacket(6, 0, 0, 0, new Uint8Array(600)), RING_WRITE_FULL); // needs 624
+    assert.equal(Atomics.load(small.control, CONTROL_PENDING_SEND_SZ), 1024);
+    assert.throws(() => new RingWriter(small, { pendingSendSizing: 'half' as 'exact' }), RangeError);
+  });
+
+  test('a writer that only writes when woken: quarter sizing wakes it once per quarter ring, exact per commit', () => {
+    const counts: Record<string, number> = {};
+    for (const sizing of ['quarter', 'exact'] as const) {
+      const ring = makeRing(65536);
+      const w = new RingWriter(ring, { pendingSendSizing: sizing });
+      const r = new RingReader(ring);
+      const payload = new Uint8Array(1000);
+      let sent = 0;
+      // Writes and commits until a write fails with nothing uncommitted (which arms pending_send_sz).
+      const fill = () => {
+        for (;;) {
+          let put = 0;
+          while (w.writePacket(6, 0, sent, 0, payload) === RING_WRITE_OK) {
+            sent++;
+            put++;
+          }
+          w.commit();
+          if (put === 0) return;
+        }
+      };
+      fill();
+      let got = 0;
+      let wakeups = 0;
+      while (got < 2048) {
+        // The reader takes 4 packets per commit; the writer refills only when signalled.
+        for (let i = 0; i < 4; i++) {
+          assert.equal(r.next(), true);
+          assert.equal(r.packet.transIdLo, got++);
+        }
+        if (r.commit()) {
+          wakeups++;
+          fill();
+        }
+      }
+      counts[sizing] = wakeups;
+    }
+    // 16 packets (16 KiB) per wakeup with 'quarter', 4 (one reader commit) with 'exact'.
+    assert.deepEqual(counts, { quarter: 2048 / 16, exact: 2048 / 4 });
   });
 
   test('pending_send_sz is not armed while a batch is uncommitted', () => {
