@@ -8,10 +8,11 @@
 import { busSuite } from './bus.js';
 import { buildReport, renderReport, type Suite, type SuiteReport } from './harness.js';
 import { kmclSuite } from './kmcl.js';
+import { kmclRoundTripSuite } from './kmcl-roundtrip.js';
 import { ringSuite } from './ring.js';
 
 /** Every suite, in the order they run. */
-export const SUITES: readonly Suite[] = [ringSuite, busSuite, kmclSuite];
+export const SUITES: readonly Suite[] = [ringSuite, busSuite, kmclSuite, kmclRoundTripSuite];
 
 interface Args {
   json: boolean;

@@ -2,10 +2,10 @@
 // VSPs query) and one guest partition's (which VSCs query), plus what a guest driver needs from its
 // own partition (pages of its RAM for buffers) and the VM worker's handle to the guest. The drivers
 // in examples/*/ only ever see a KmclProvider and the interface tables they query from it, so the
-// transport below them is chosen in ONE place: `makeProviders`. By default that is the loopback
-// port (src/kmcl/loopback-port.ts, host and guest in one thread); `busProviders` builds the same
-// pair on the real VMBus (src/bus through src/kmcl/bus-port.ts, same thread), and switching every
-// example to it is the one line marked in `makeProviders`.
+// transport below them is chosen in ONE place: `makeProviders`. By default that is the real VMBus
+// (`busProviders`: a simulated hypervisor, src/bus through src/kmcl/bus-port.ts, same thread);
+// `loopbackProviders` joins the same pair with the loopback port (src/kmcl/loopback-port.ts, the
+// bus's test double).
 
 import { createKmclSystem } from '../src/kmcl/bus-port.js';
 import {
@@ -19,7 +19,7 @@ import type { GuestMemory } from '../src/memory/guest-memory.js';
 
 /** The two providers and the guest-side resources an example runs on. */
 export interface ExampleProviders {
-  /** Which transport joins them ('loopback' or, later, 'vmbus'). */
+  /** Which transport joins them ('vmbus' or 'loopback'). */
   readonly transport: string;
   /** The host's KMCL: answers KMCL_SERVER_INTERFACE_TYPE and KMCL_CLIENT_INTERFACE_TYPE. */
   readonly host: KmclProvider;
@@ -109,12 +109,8 @@ export async function busProviders(options: ExampleProviderOptions = {}): Promis
   };
 }
 
-/**
- * The providers every example runs on: the transport asked for, else the default. To run the
- * examples over the real VMBus by default, change the last line to `return busProviders(options);`.
- */
+/** The providers every example runs on: the transport asked for, else the real VMBus. */
 export async function makeProviders(options: ExampleProviderOptions = {}): Promise<ExampleProviders> {
-  if (options.transport === 'vmbus') return busProviders(options);
   if (options.transport === 'loopback') return loopbackProviders(options);
-  return loopbackProviders(options);
+  return busProviders(options);
 }

@@ -4,7 +4,7 @@
 // both sides' checksums, shows the host refusing a read of a block that does not exist, and
 // unloads both drivers.
 //
-//   npx tsx examples/bulk-pfn/run.ts [--vmbus]
+//   npx tsx examples/bulk-pfn/run.ts [--loopback]
 
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -180,8 +180,8 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
-  // --vmbus: over the real VMBus instead of the loopback port (same drivers, same output).
-  runBulk({ transport: process.argv.includes('--vmbus') ? 'vmbus' : undefined }).then(
+  // --loopback: over the loopback port (the bus's test double) instead of the real VMBus.
+  runBulk({ transport: process.argv.includes('--loopback') ? 'loopback' : undefined }).then(
     (report) => {
       process.stdout.write(`${formatBulkReport(report).join('\n')}\n`);
       process.exitCode = report.ok ? 0 : 1;

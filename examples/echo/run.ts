@@ -3,7 +3,7 @@
 // in flight together), shows what the VSP does with two malformed messages, then unloads the guest
 // driver and the host driver and prints what happened.
 //
-//   npx tsx examples/echo/run.ts [--vmbus]
+//   npx tsx examples/echo/run.ts [--loopback]
 
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -165,8 +165,8 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
-  // --vmbus: over the real VMBus instead of the loopback port (same drivers, same output).
-  runEcho({ transport: process.argv.includes('--vmbus') ? 'vmbus' : undefined }).then(
+  // --loopback: over the loopback port (the bus's test double) instead of the real VMBus.
+  runEcho({ transport: process.argv.includes('--loopback') ? 'loopback' : undefined }).then(
     (report) => {
       process.stdout.write(`${formatEchoReport(report).join('\n')}\n`);
       process.exitCode = report.ok ? 0 : 1;

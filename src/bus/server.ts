@@ -410,6 +410,30 @@ export class VmbusServer {
     return this.st.connection.kind === 'connected';
   }
 
+  /**
+   * Servicing: a deep copy of the whole state (encode it with saved-state.ts), or the reason it
+   * cannot be taken now. Only a quiescent server can be saved: no guest message waiting for the
+   * upper layer, no open or close in progress, no GPADL teardown hook running, not disconnecting.
+   * Restoring a server from it is not written yet (docs/servicing.md).
+   */
+  saveState(): { ok: true; state: ServerState } | { ok: false; reason: string } {
+    const st = this.st;
+    if (this.disposed) return { ok: false, reason: 'the server was disposed' };
+    if (this.busy || st.inbox.length > 0) return { ok: false, reason: 'a guest message is being handled' };
+    if (st.connection.kind === 'disconnecting')
+      return { ok: false, reason: 'the connection is being torn down' };
+    if (this.pendingOpens.size > 0 || this.closing.size > 0)
+      return { ok: false, reason: 'an open or close is in progress' };
+    for (const c of st.channels) {
+      if (c.phase === 'opening' || c.phase === 'closing' || c.reopen !== null)
+        return { ok: false, reason: `channel ${c.relid} is ${c.phase}` };
+    }
+    for (const g of st.gpadls) {
+      if (g.teardownHook === 'running') return { ok: false, reason: `GPADL ${g.gpadlId} is being torn down` };
+    }
+    return { ok: true, state: structuredClone(st) };
+  }
+
   /** The negotiated version, or null when not connected. */
   get version(): number | null {
     const c = this.st.connection;

@@ -64,6 +64,7 @@ import {
   VMBUS_CHANNEL_NAMED_PIPE_MODE,
   VMBUS_CHANNEL_TLNPI_PROVIDER_OFFER,
 } from '../wire/constants.js';
+import type { Guid } from '../wire/guid.js';
 import type { GpaRange } from '../wire/packets.js';
 import {
   MAXIMUM_GPADL_PAGES,
@@ -82,6 +83,7 @@ import {
   STATUS_INSUFFICIENT_RESOURCES,
   STATUS_INVALID_DEVICE_STATE,
   STATUS_INVALID_PARAMETER,
+  STATUS_NOT_FOUND,
   STATUS_OBJECT_NAME_COLLISION,
   STATUS_SUCCESS,
   STATUS_UNSUCCESSFUL,
@@ -98,6 +100,7 @@ import type {
   PortOffer,
   PortOfferMatch,
   PortOfferParams,
+  PortOpenRequest,
   PortPartition,
   PortRingPages,
   PortTask,
@@ -287,6 +290,8 @@ export class BusKmclHost implements KmclHostBus {
   readonly revokeTimeoutMs: number;
   private readonly options: BusKmclHostOptions;
   private readonly entries = new Map<number, HostEntry>();
+  /** @internal Servicing: offers whose server released them, by partition, type and instance. */
+  readonly releasedPorts = new Map<string, BusServerPort>();
 
   constructor(hv: Hypervisor, options: BusKmclHostOptions = {}) {
     this.hv = hv;
@@ -351,12 +356,24 @@ export class BusKmclHost implements KmclHostBus {
   }
 }
 
+function releaseKey(partitionId: number, interfaceType: string, interfaceInstance: string): string {
+  return `${partitionId}|${interfaceType}|${interfaceInstance}`;
+}
+
 class BusServerPort implements ServerPort {
   readonly hostView: HostMemoryView;
   private readonly server: VmbusServer;
   private handle: ServerChannelHandle | null = null;
   private events: ServerPortEvents | null = null;
   private data: BusDataPath | null = null;
+  // Servicing (release / reclaim / abandon): a released port keeps its offer, channel and GPADL
+  // holds; the guest's open/close wait until a new port reclaims it. The new port then forwards
+  // everything to this one (`inner`).
+  private key = '';
+  private released = false;
+  private heldWaiters: (() => void)[] = [];
+  private inner: BusServerPort | null = null;
+  private openData: PortOpenRequest | null = null;
   private revoked = false;
   private mmioMb = 0;
   private mmioOptMb = 0;
@@ -382,7 +399,7 @@ class BusServerPort implements ServerPort {
   }
 
   offer(params: PortOfferParams, events: ServerPortEvents): NTSTATUS {
-    if (this.handle !== null || this.revoked) return STATUS_INVALID_DEVICE_STATE;
+    if (this.handle !== null || this.revoked || this.inner !== null) return STATUS_INVALID_DEVICE_STATE;
     if (this.entry.partition.isDestroyed) return STATUS_DEVICE_NOT_CONNECTED;
     const type = params.interfaceType.toString();
     const instance = params.interfaceInstance.toString();
@@ -418,6 +435,62 @@ class BusServerPort implements ServerPort {
     this.events = events;
     this.mmioMb = params.mmioMegabytes;
     this.mmioOptMb = params.mmioMegabytesOptional;
+    this.key = releaseKey(this.entry.partition.partitionId, type, instance);
+    return STATUS_SUCCESS;
+  }
+
+  private async held(): Promise<void> {
+    while (this.released) await new Promise<void>((resolve) => this.heldWaiters.push(resolve));
+  }
+
+  private hold(events: ServerPortEvents): void {
+    this.events = events;
+    this.released = false;
+    const waiters = this.heldWaiters;
+    this.heldWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  release(): void {
+    if (this.inner !== null) {
+      const inner = this.inner;
+      this.inner = null;
+      inner.release();
+      return;
+    }
+    if (this.handle === null || this.revoked || this.released) return;
+    this.released = true;
+    this.host.releasedPorts.set(this.key, this);
+  }
+
+  reclaim(
+    interfaceType: Guid,
+    interfaceInstance: Guid,
+    events: ServerPortEvents,
+  ): { status: NTSTATUS; open: PortOpenRequest | null } {
+    if (this.handle !== null || this.inner !== null || this.revoked)
+      return { status: STATUS_INVALID_DEVICE_STATE, open: null };
+    const key = releaseKey(
+      this.entry.partition.partitionId,
+      interfaceType.toString(),
+      interfaceInstance.toString(),
+    );
+    const old = this.host.releasedPorts.get(key);
+    if (old === undefined || old.revoked || !old.released) return { status: STATUS_NOT_FOUND, open: null };
+    this.host.releasedPorts.delete(key);
+    old.hold(events);
+    this.inner = old;
+    const open = old.openData !== null && old.data?.alive ? old.openData : null;
+    return { status: STATUS_SUCCESS, open };
+  }
+
+  abandon(interfaceType: Guid, interfaceInstance: Guid): NTSTATUS {
+    const r = this.reclaim(interfaceType, interfaceInstance, {
+      onOpen: () => Promise.resolve(STATUS_DEVICE_NOT_CONNECTED),
+      onClose: () => Promise.resolve(),
+    });
+    if (r.status !== STATUS_SUCCESS) return r.status;
+    void this.revoke();
     return STATUS_SUCCESS;
   }
 
@@ -440,6 +513,7 @@ class BusServerPort implements ServerPort {
   }
 
   private async opened(req: ServerOpenRequest): Promise<number> {
+    if (this.released) await this.held();
     const events = this.events;
     const handle = this.handle;
     if (this.revoked || events === null || handle === null) return STATUS_DEVICE_NOT_CONNECTED;
@@ -466,10 +540,13 @@ class BusServerPort implements ServerPort {
       if (this.data === data) this.data = null;
       return status === STATUS_SUCCESS ? STATUS_DEVICE_NOT_CONNECTED : status;
     }
+    this.openData = { data, mmio };
     return STATUS_SUCCESS;
   }
 
   private async closed(): Promise<void> {
+    if (this.released) await this.held();
+    this.openData = null;
     const events = this.events;
     const data = this.data;
     if (events === null || this.revoked) return;
@@ -479,6 +556,7 @@ class BusServerPort implements ServerPort {
   }
 
   async revoke(): Promise<void> {
+    if (this.inner !== null) return this.inner.revoke();
     const handle = this.handle;
     if (handle === null || this.revoked) return;
     this.revoked = true;
@@ -512,6 +590,7 @@ class BusServerPort implements ServerPort {
   }
 
   gpadl(gpadlHandle: number): PortGpadl | null {
+    if (this.inner !== null) return this.inner.gpadl(gpadlHandle);
     const handle = this.handle;
     if (handle === null || this.revoked) return null;
     let info: ReturnType<VmbusServer['getGpadl']>;
@@ -527,6 +606,10 @@ class BusServerPort implements ServerPort {
   }
 
   setGpadlMapped(gpadlHandle: number, mapped: boolean): void {
+    if (this.inner !== null) {
+      this.inner.setGpadlMapped(gpadlHandle, mapped);
+      return;
+    }
     const handle = this.handle;
     if (handle === null) return;
     const hold = this.holds.get(gpadlHandle);

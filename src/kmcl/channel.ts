@@ -80,6 +80,7 @@ import {
   VMBUS_CHANNEL_PACKET_EXTERNAL_DATA_FLAG_READ_ONLY,
   VMBUS_CHANNEL_PACKET_EXTERNAL_DATA_FLAGS,
   VMBUS_CHANNEL_PROCESS_PACKET_FLAG_EXTERNAL_DATA,
+  VMBUS_SERVER_CHANNEL_INIT_FLAG_FORCE_NEW_CHANNEL,
   VMBUS_SERVER_CHANNEL_INIT_FLAG_OFFER_AS_PIPE,
 } from './constants.js';
 import { type ExecutionContext, enterContext, leaveContext, requireBlocking } from './context.js';
@@ -90,11 +91,13 @@ import {
   STATUS_ACCESS_DENIED,
   STATUS_BUFFER_OVERFLOW,
   STATUS_CANCELLED,
+  STATUS_DEVICE_BUSY,
   STATUS_DEVICE_REMOVED,
   STATUS_INSUFFICIENT_RESOURCES,
   STATUS_INVALID_BUFFER_SIZE,
   STATUS_INVALID_DEVICE_STATE,
   STATUS_INVALID_PARAMETER,
+  STATUS_INVALID_PARAMETER_1,
   STATUS_INVALID_PARAMETER_2,
   STATUS_INVALID_PARAMETER_3,
   STATUS_INVALID_PARAMETER_4,
@@ -132,6 +135,21 @@ import type {
   ServerPort,
   ServerPortEvents,
 } from './port.js';
+import {
+  type ChannelSavedState,
+  ChunkAssembler,
+  ChunkWriter,
+  decodeChannelState,
+  decodePacketLib,
+  encodeChannelState,
+  encodePacketLib,
+  MAX_VSP_PACKET_STATE,
+  type SavedConn,
+  type SavedGpadlMapping,
+  type SavedPacket,
+  type SavedPacketLib,
+  SavedStateError,
+} from './saved-state.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -460,6 +478,16 @@ export class KmclChannel {
     }
   }
 
+  private refuseWhileSaving(api: string): void {
+    if (this.saveCtx !== null) {
+      throw new KmclContractViolation(
+        'bad-state',
+        api,
+        'a save is in progress (call VmbChannelSaveEnd first)',
+      );
+    }
+  }
+
   private checkAlive(api: string): void {
     if (this.destroyed) throw new KmclContractViolation('use-after-free', api, 'the channel was cleaned up');
   }
@@ -467,6 +495,12 @@ export class KmclChannel {
   enable(): NTSTATUS {
     this.checkAlive('VmbChannelEnable');
     this.refuseInsideStateCallback('VmbChannelEnable');
+    if (this.restoredPendingEnable) {
+      // Restored (VmbChannelRestoreFromBuffer): the offer already exists; Enable confirms it.
+      this.restoredPendingEnable = false;
+      return STATUS_SUCCESS;
+    }
+    if (this.savedAway || this.restoreChunks !== null) return STATUS_INVALID_DEVICE_STATE;
     if (this.conn !== 'disabled' || this.disabling) return STATUS_INVALID_DEVICE_STATE;
     if (this.processPacket === null) return STATUS_INVALID_DEVICE_STATE;
     this.stagingBytes();
@@ -509,6 +543,7 @@ export class KmclChannel {
   start(): void {
     this.checkAlive('VmbChannelStart');
     this.refuseInsideStateCallback('VmbChannelStart');
+    this.refuseWhileSaving('VmbChannelStart');
     if (this.conn === 'disabled') {
       this.autoPause = false;
       this.run = 'active';
@@ -537,6 +572,8 @@ export class KmclChannel {
     this.checkAlive('VmbChannelDisable');
     requireBlocking('VmbChannelDisable');
     this.refuseInsideStateCallback('VmbChannelDisable');
+    this.refuseWhileSaving('VmbChannelDisable');
+    this.restoredPendingEnable = false;
     if (this.conn === 'disabled' && !this.disabling) return Promise.resolve();
     this.disabling = true;
     this.beginShutdown(false);
@@ -972,6 +1009,7 @@ export class KmclChannel {
       if (this.role !== 'client') return STATUS_NOT_SUPPORTED;
     }
     if (this.dataPathFailed) return STATUS_DEVICE_REMOVED;
+    if (this.frozen) return STATUS_INVALID_DEVICE_STATE;
     const writer = this.writer;
     const canWrite = this.flowing && writer !== null && this.dataQueue.length === 0;
     const wireFlags = wait ? VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED : 0;
@@ -1183,7 +1221,7 @@ export class KmclChannel {
       return;
     }
     const writer = this.writer;
-    if (writer === null || this.dataPathFailed || this.peerGone) return;
+    if (writer === null || this.dataPathFailed || this.peerGone || this.frozen) return;
     this.drainingOut = true;
     this.batchDepth++;
     try {
@@ -1347,7 +1385,8 @@ export class KmclChannel {
       return;
     }
     const reader = this.reader;
-    if (reader === null || !this.incomingOn || this.incomingStopped || this.dataPathFailed) return;
+    if (reader === null || !this.incomingOn || this.incomingStopped || this.dataPathFailed || this.frozen)
+      return;
     this.drainingIn = true;
     this.batchDepth++;
     let delivered = 0;
@@ -1861,8 +1900,13 @@ export class KmclChannel {
       return { status: STATUS_INVALID_PARAMETER_2 };
     }
     const port = this.serverPort;
-    if (this.conn !== 'open' || port === null) return { status: STATUS_INVALID_DEVICE_STATE };
+    if (this.conn !== 'open' || port === null || this.frozen) return { status: STATUS_INVALID_DEVICE_STATE };
     if (!Number.isInteger(handle)) return { status: STATUS_INVALID_PARAMETER_3 };
+    if (this.restoredMaps.has(handle)) {
+      // Carried over by a restore: the first MapGpadl after it hands the mapping back to the VSP.
+      this.restoredMaps.delete(handle);
+      return { status: STATUS_SUCCESS, Mdl: this.maps.get(handle)! };
+    }
     const g = port.gpadl(handle);
     if (g === null) return { status: STATUS_INVALID_PARAMETER_3 };
     if (this.maps.has(handle)) return { status: STATUS_INVALID_DEVICE_STATE };
@@ -1894,6 +1938,8 @@ export class KmclChannel {
     if (mdl === undefined) {
       throw new KmclContractViolation('bad-handle', 'VmbChannelUnmapGpadl', `GPADL ${handle} is not mapped`);
     }
+    this.refuseWhileSaving('VmbChannelUnmapGpadl');
+    this.restoredMaps.delete(handle);
     mdl.revoke();
     this.maps.delete(handle);
     this.serverPort?.setGpadlMapped(handle, false);
@@ -1960,6 +2006,382 @@ export class KmclChannel {
     if (ranges.length === 0) return STATUS_INVALID_PARAMETER_4;
     if (length !== 0 && remaining > 0) return STATUS_INVALID_PARAMETER_5;
     return ranges;
+  }
+
+  // ===========================================================================================
+  // Servicing: save and restore (server only; spec section 7, docs/servicing.md)
+
+  private saveCtx: { chunks: ChunkWriter; completed: boolean; packets: KmclPacket[] } | null = null;
+  /** SaveBegin .. SaveEnd: the channel is frozen (nothing moves through its rings or queues). */
+  private frozen = false;
+  /** The channel's state was handed off by a completed save: it is disabled and owns nothing. */
+  private savedAway = false;
+  private restoreChunks: ChunkAssembler | null = null;
+  /** Inside EvtVmbChannelRestorePacket: the packet VmbPacketRestore bound. */
+  private restoring: { lib: SavedPacketLib; packet: KmclPacket | null } | null = null;
+  /** GPADL mappings carried over by a restore that VmbChannelMapGpadl has not claimed yet. */
+  private readonly restoredMaps = new Set<number>();
+  /** A restore brought the channel back; the VSP's next Enable only confirms it (no new offer). */
+  private restoredPendingEnable = false;
+
+  /** VmbChannelSaveBegin. */
+  saveBegin(): NTSTATUS {
+    this.checkAlive('VmbChannelSaveBegin');
+    if (this.role !== 'server') return STATUS_INVALID_PARAMETER_1;
+    if (this.saveCtx !== null || this.savedAway || this.restoreChunks !== null)
+      return STATUS_INVALID_DEVICE_STATE;
+    if (this.conn === 'disabled' || this.disabling || this.shuttingDown || this.dataPathFailed)
+      return STATUS_INVALID_DEVICE_STATE;
+    if (this.run !== 'paused' || this.flowing) return STATUS_INVALID_DEVICE_STATE;
+    // Delivered packets are completed before Pause finishes; a deferred one is not carried over.
+    if (this.outstanding > 0 || this.deferred !== null) return STATUS_DEVICE_BUSY;
+    const port = this.serverPort;
+    if (port === null || port.release === undefined || port.reclaim === undefined)
+      return STATUS_NOT_SUPPORTED;
+    if (this.interfaceType === null || this.interfaceInstance === null) return STATUS_INVALID_DEVICE_STATE;
+    this.commitOut();
+    const queued = this.dataQueue.toArray();
+    const awaiting: KmclPacket[] = [];
+    for (const p of this.txns.snapshot()) if (p.state === 'awaiting') awaiting.push(p);
+    const packets: SavedPacket[] = [];
+    const objects = [...queued, ...awaiting];
+    for (const p of objects) {
+      const vsp = this.savePacketState(p);
+      if (typeof vsp === 'number') return vsp;
+      const queuedNow = p.state === 'queued';
+      packets.push({
+        lib: {
+          state: queuedNow ? 'queued' : 'awaiting',
+          wait: p.wait,
+          transIdLo: p.wait ? p.transIdLo : 0,
+          transIdHi: p.wait ? p.transIdHi : 0,
+          bytes: queuedNow ? p.staging.slice(0, p.length) : EMPTY,
+        },
+        vsp,
+      });
+    }
+    const completions: Uint8Array[] = [];
+    for (const t of this.completionQueue.toArray()) completions.push(t.staging!.slice(0, t.stagingLength));
+    const mappings: SavedGpadlMapping[] = [];
+    for (const [handle, mdl] of this.maps) mappings.push({ handle, readOnly: mdl.readOnly });
+    const open = this.conn === 'open' && this.writer !== null && this.reader !== null;
+    const state: ChannelSavedState = {
+      conn: this.conn as SavedConn,
+      incomingStopped: this.incomingStopped,
+      interfaceType: this.interfaceType,
+      interfaceInstance: this.interfaceInstance,
+      targetVtl: this.targetVtl,
+      serverFlags: this.serverFlags,
+      maximumPacketSize: this.maximumPacketSize,
+      outWriteIndex: open ? this.writer!.writeIndex : 0,
+      inReadIndex: open ? this.reader!.readIndex : 0,
+      mappings,
+      queuedCompletions: completions,
+      packets,
+    };
+    const body = encodeChannelState(state);
+    // From here on nothing may change what was captured: the guest's open/close requests wait in
+    // the bus, and the rings are left alone.
+    port.release();
+    this.frozen = true;
+    this.saveCtx = { chunks: new ChunkWriter(body), completed: false, packets: objects };
+    return STATUS_SUCCESS;
+  }
+
+  /** EvtVmbChannelSavePacket's two-call protocol for one packet: the VSP's bytes, or a failure. */
+  private savePacketState(p: KmclPacket): Uint8Array | NTSTATUS {
+    const cb = this.savePacket;
+    if (cb === null) return EMPTY;
+    const call = (buf: Uint8Array | null, size: number) => {
+      const prev = enterContext('blocking');
+      try {
+        const r = cb(this.publicHandle, p.publicHandle, buf, size);
+        if (r === null || typeof r !== 'object') return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
+        return r;
+      } catch (e) {
+        this.provider.callbackError(this, 'EvtVmbChannelSavePacket', e);
+        return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
+      } finally {
+        leaveContext(prev);
+      }
+    };
+    const first = call(null, 0);
+    if (NT_SUCCESS(first.status)) return EMPTY;
+    const need = first.BytesNeeded;
+    if (!Number.isInteger(need) || need <= 0) return first.status;
+    if (need > MAX_VSP_PACKET_STATE) return STATUS_INVALID_BUFFER_SIZE;
+    const buf = new Uint8Array(need);
+    const second = call(buf, need);
+    if (!NT_SUCCESS(second.status)) return second.status;
+    const used = second.BytesNeeded;
+    const n = Number.isInteger(used) && used > 0 && used <= need ? used : need;
+    return n === need ? buf : buf.slice(0, n);
+  }
+
+  /** VmbChannelSaveContinue. */
+  saveContinue(
+    buffer: Uint8Array,
+    size: number,
+  ): { status: NTSTATUS; BytesFilled: number; BytesRequired: number } {
+    this.checkAlive('VmbChannelSaveContinue');
+    const ctx = this.saveCtx;
+    if (ctx === null) return { status: STATUS_INVALID_DEVICE_STATE, BytesFilled: 0, BytesRequired: 0 };
+    if (!(buffer instanceof Uint8Array))
+      return { status: STATUS_INVALID_PARAMETER_2, BytesFilled: 0, BytesRequired: 0 };
+    if (!Number.isInteger(size) || size < 0 || size > buffer.length)
+      return { status: STATUS_INVALID_PARAMETER_3, BytesFilled: 0, BytesRequired: 0 };
+    const r = ctx.chunks.next(buffer, size);
+    if (r.status === STATUS_SUCCESS) ctx.completed = true;
+    return { status: r.status, BytesFilled: r.filled, BytesRequired: r.required };
+  }
+
+  /**
+   * VmbChannelSaveEnd: releases the save context. After a completed save (SaveContinue returned
+   * STATUS_SUCCESS) the channel hands its state off: it lets go of the offer without revoking
+   * it, drops its in-flight packets WITHOUT running their completion routines (they now live in
+   * the saved state), and is left Disabled for VmbChannelCleanup. After an unfinished save it
+   * takes the offer back and carries on, still paused.
+   */
+  saveEnd(): void {
+    this.checkAlive('VmbChannelSaveEnd');
+    const ctx = this.saveCtx;
+    if (ctx === null) return;
+    this.saveCtx = null;
+    this.frozen = false;
+    const port = this.serverPort!;
+    if (!ctx.completed) {
+      port.reclaim!(this.interfaceType!, this.interfaceInstance!, this.serverEvents);
+      this.drainOutgoing();
+      return;
+    }
+    // Frozen since SaveBegin: the queue holds exactly the saved queued packets.
+    while (this.dataQueue.length > 0) this.dataQueue.shift();
+    for (const p of ctx.packets) {
+      if (p.wait) this.txns.remove(p);
+      p.state = 'idle';
+      if (p.allocated && p.routine === null) this.freePacket(p);
+    }
+    for (let t = this.completionQueue.shift(); t !== undefined; t = this.completionQueue.shift()) {
+      this.releaseToken(t);
+    }
+    // The mappings stay in the bus for the restored channel; only this process's grants end.
+    for (const mdl of this.maps.values()) mdl.revoke();
+    this.maps.clear();
+    this.restoredMaps.clear();
+    this.detach();
+    this.serverPort = null;
+    this.mmio = null;
+    this.conn = 'disabled';
+    this.run = 'paused';
+    this.savedAway = true;
+  }
+
+  /** VmbChannelRestoreFromBuffer. */
+  restoreFromBuffer(buffer: Uint8Array, size: number): NTSTATUS {
+    this.checkAlive('VmbChannelRestoreFromBuffer');
+    if (this.role !== 'server') return STATUS_INVALID_PARAMETER_1;
+    if (this.conn !== 'disabled' || this.enabledOnce || this.disabling || this.saveCtx !== null)
+      return STATUS_INVALID_DEVICE_STATE;
+    if (this.interfaceType === null || this.interfaceInstance === null || this.processPacket === null)
+      return STATUS_INVALID_DEVICE_STATE;
+    if (!(buffer instanceof Uint8Array)) return STATUS_INVALID_PARAMETER_2;
+    if (!Number.isInteger(size) || size <= 0 || size > buffer.length) return STATUS_INVALID_PARAMETER_3;
+    const chunks = this.restoreChunks ?? new ChunkAssembler();
+    let state: ChannelSavedState;
+    try {
+      const status = chunks.accept(buffer, size);
+      if (status !== STATUS_SUCCESS) {
+        this.restoreChunks = chunks;
+        return status;
+      }
+      this.restoreChunks = null;
+      state = decodeChannelState(chunks.result(), this.stagingBytes());
+    } catch (e) {
+      this.restoreChunks = null;
+      if (e instanceof SavedStateError) return e.status;
+      throw e;
+    }
+    return this.applyRestore(state);
+  }
+
+  private applyRestore(s: ChannelSavedState): NTSTATUS {
+    if (
+      !s.interfaceType.equals(this.interfaceType!) ||
+      !s.interfaceInstance.equals(this.interfaceInstance!) ||
+      s.targetVtl !== this.targetVtl ||
+      s.serverFlags !== this.serverFlags ||
+      s.maximumPacketSize > this.maximumPacketSize
+    ) {
+      return STATUS_INVALID_PARAMETER;
+    }
+    const port = this.provider.createServerPort(this.vmbusHandle, this.targetVtl);
+    if (typeof port === 'number') return port;
+    if ((this.serverFlags & VMBUS_SERVER_CHANNEL_INIT_FLAG_FORCE_NEW_CHANNEL) !== 0) {
+      // The old instance is abandoned (the guest is told to close it); nothing in flight is carried
+      // over, and the VSP's Enable makes a fresh offer.
+      if (port.abandon === undefined) return STATUS_NOT_SUPPORTED;
+      return port.abandon(s.interfaceType, s.interfaceInstance);
+    }
+    if (port.reclaim === undefined || port.release === undefined) return STATUS_NOT_SUPPORTED;
+    const committed: KmclPacket[] = [];
+    // Packets the VSP sent before the restore go after the restored ones.
+    const earlier = this.dataQueue.toArray();
+    while (this.dataQueue.length > 0) this.dataQueue.shift();
+    const rollback = (status: NTSTATUS): NTSTATUS => {
+      while (this.dataQueue.length > 0) this.dataQueue.shift();
+      for (const p of committed) {
+        if (p.wait) this.txns.remove(p);
+        p.state = 'idle';
+        // Packets KMCL allocated itself (no VSP callbacks) go back to the pool.
+        if (this.restorePacket === null) this.freePacket(p);
+      }
+      for (const p of earlier) this.dataQueue.push(p);
+      this.txns.rebuildFree();
+      return status;
+    };
+    for (const saved of s.packets) {
+      const r = this.restoreOnePacket(saved);
+      if (typeof r === 'number') return rollback(r);
+      committed.push(r);
+    }
+    this.txns.rebuildFree();
+    const claim = port.reclaim(s.interfaceType, s.interfaceInstance, this.serverEvents);
+    if (!NT_SUCCESS(claim.status)) return rollback(claim.status);
+    for (const p of earlier) this.dataQueue.push(p);
+    const open = claim.open;
+    const grants: [number, GrantedMdl][] = [];
+    const refuse = (status: NTSTATUS): NTSTATUS => {
+      for (const [, mdl] of grants) mdl.revoke();
+      port.release!();
+      return rollback(status);
+    };
+    if ((s.conn === 'open') !== (open !== null)) return refuse(STATUS_INVALID_PARAMETER);
+    if (open !== null) {
+      if (open.data.outgoing.writeIndex !== s.outWriteIndex || open.data.incoming.readIndex !== s.inReadIndex)
+        return refuse(STATUS_INVALID_PARAMETER);
+      for (const c of s.queuedCompletions)
+        if (c.length > open.data.outgoing.maximumPacketSize) return refuse(STATUS_INVALID_PARAMETER);
+      for (const m of s.mappings) {
+        const g = port.gpadl(m.handle);
+        if (g === null) return refuse(STATUS_INVALID_PARAMETER);
+        let head: Mdl | null = null;
+        for (let i = g.ranges.length - 1; i >= 0; i--) {
+          const r = g.ranges[i]!;
+          head = { byteOffset: r.byteOffset, byteCount: r.byteCount, pfns: r.pfns, next: head };
+        }
+        if (head === null) return refuse(STATUS_INVALID_PARAMETER);
+        try {
+          grants.push([
+            m.handle,
+            port.hostView.grantMdl(head, { readOnly: m.readOnly, label: `GPADL ${m.handle}` }),
+          ]);
+        } catch {
+          return refuse(STATUS_INVALID_PARAMETER);
+        }
+      }
+    }
+    // Nothing can fail from here on.
+    this.serverPort = port;
+    this.enabledOnce = true;
+    this.conn = s.conn;
+    this.shuttingDown = false;
+    this.peerGone = false;
+    this.restoredPendingEnable = true;
+    if (open !== null) {
+      this.attach(open.data);
+      this.mmio = open.mmio;
+      for (const [handle, mdl] of grants) {
+        this.maps.set(handle, mdl);
+        this.restoredMaps.add(handle);
+        port.setGpadlMapped(handle, true);
+      }
+      for (const c of s.queuedCompletions) {
+        const t = this.takeToken();
+        if (t === null) continue;
+        t.reserveStaging(c.length).set(c);
+        t.stagingLength = c.length;
+        t.state = 'queued-completion';
+        this.completionQueue.push(t);
+      }
+    }
+    this.incomingStopped = s.incomingStopped;
+    if (open !== null) {
+      this.drainOutgoing();
+      if (this.run === 'active') void this.enqueue(() => this.startFlow());
+    }
+    return STATUS_SUCCESS;
+  }
+
+  /** Runs EvtVmbChannelRestorePacket for one saved packet and puts the packet where it was. */
+  private restoreOnePacket(saved: SavedPacket): KmclPacket | NTSTATUS {
+    let p: KmclPacket | null;
+    let lib: SavedPacketLib;
+    const cb = this.restorePacket;
+    if (cb === null) {
+      // No VSP callbacks: KMCL restores the packet itself with the default completion routine.
+      p = this.allocatePacket();
+      if (p === null) return STATUS_INSUFFICIENT_RESOURCES;
+      lib = saved.lib;
+    } else {
+      const libBuf = encodePacketLib(saved.lib);
+      this.restoring = { lib: saved.lib, packet: null };
+      let status: NTSTATUS;
+      const prev = enterContext('blocking');
+      try {
+        const r = cb(this.publicHandle, libBuf, libBuf.length, saved.vsp, saved.vsp.length);
+        status = typeof r === 'number' && Number.isInteger(r) ? r | 0 : STATUS_UNSUCCESSFUL;
+      } catch (e) {
+        this.provider.callbackError(this, 'EvtVmbChannelRestorePacket', e);
+        status = STATUS_UNSUCCESSFUL;
+      } finally {
+        leaveContext(prev);
+      }
+      const bound = this.restoring;
+      this.restoring = null;
+      if (!NT_SUCCESS(status)) return status;
+      if (bound.packet === null) return STATUS_INVALID_DEVICE_STATE;
+      p = bound.packet;
+      lib = bound.lib;
+    }
+    const own = cb === null ? p : null;
+    const fail = (status: NTSTATUS): NTSTATUS => {
+      if (own !== null) this.freePacket(own);
+      return status;
+    };
+    if (p.state !== 'idle' || p.staging.length < lib.bytes.length) return fail(STATUS_INVALID_PARAMETER);
+    p.wait = lib.wait;
+    if (lib.wait && !this.txns.restoreId(p, lib.transIdLo, lib.transIdHi))
+      return fail(STATUS_INVALID_PARAMETER);
+    if (!lib.wait) {
+      p.transIdLo = 0;
+      p.transIdHi = 0;
+    }
+    if (lib.state === 'queued') {
+      p.staging.set(lib.bytes);
+      p.length = lib.bytes.length;
+      p.state = 'queued';
+      this.dataQueue.push(p);
+    } else {
+      p.length = 0;
+      p.state = 'awaiting';
+    }
+    return p;
+  }
+
+  /** VmbPacketRestore: binds `p` to the packet being restored (inside EvtVmbChannelRestorePacket only). */
+  restorePacketObject(p: KmclPacket, buffer: Uint8Array, size: number): NTSTATUS {
+    const r = this.restoring;
+    if (r === null || r.packet !== null || p.state !== 'idle') return STATUS_INVALID_DEVICE_STATE;
+    if (!(buffer instanceof Uint8Array)) return STATUS_INVALID_PARAMETER_2;
+    if (!Number.isInteger(size) || size <= 0 || size > buffer.length) return STATUS_INVALID_PARAMETER_3;
+    try {
+      r.lib = decodePacketLib(buffer.subarray(0, size), this.stagingBytes());
+    } catch (e) {
+      if (e instanceof SavedStateError) return e.status;
+      throw e;
+    }
+    r.packet = p;
+    return STATUS_SUCCESS;
   }
 
   /** A short description for messages. */

@@ -65,3 +65,9 @@ export type {
   VmbPacketHandle,
 } from './packet.js';
 export type * from './port.js';
+export {
+  CHUNK_HEADER_SIZE,
+  type ChannelSavedState,
+  SAVED_STATE_VERSION,
+  SavedStateError,
+} from './saved-state.js';

@@ -13,8 +13,7 @@
 // ('interface-dereferenced'). Documented VOID functions report caller errors by throwing
 // KmclContractViolation; functions with an NTSTATUS report them as statuses (see each one).
 // The save/restore functions (VmbChannelSaveBegin/Continue/End, VmbChannelRestoreFromBuffer,
-// VmbPacketRestore) are a later issue: they validate their channel or packet and return
-// STATUS_NOT_IMPLEMENTED.
+// VmbPacketRestore) are implemented by the channel (channel.ts, "Servicing"; docs/servicing.md).
 
 import type { GrantedMdl } from '../memory/host-view.js';
 import type { Mdl } from '../memory/mdl.js';
@@ -65,7 +64,6 @@ import {
   STATUS_INVALID_PARAMETER_5,
   STATUS_INVALID_PARAMETER_6,
   STATUS_INVALID_PARAMETER_7,
-  STATUS_NOT_IMPLEMENTED,
   STATUS_NOT_SUPPORTED,
   STATUS_SUCCESS,
 } from './ntstatus.js';
@@ -958,24 +956,21 @@ function buildTable(
       live('VmbChannelMapGpadl');
       return P.channel(Channel, 'VmbChannelMapGpadl').mapGpadl(Flags, GpadlHandle);
     },
-    VmbChannelRestoreFromBuffer: (Channel, _Buffer, _BufferSize) => {
+    VmbChannelRestoreFromBuffer: (Channel, Buffer, BufferSize) => {
       live('VmbChannelRestoreFromBuffer');
-      P.channel(Channel, 'VmbChannelRestoreFromBuffer');
-      return STATUS_NOT_IMPLEMENTED;
+      return P.channel(Channel, 'VmbChannelRestoreFromBuffer').restoreFromBuffer(Buffer, BufferSize);
     },
     VmbChannelSaveBegin: (Channel) => {
       live('VmbChannelSaveBegin');
-      P.channel(Channel, 'VmbChannelSaveBegin');
-      return STATUS_NOT_IMPLEMENTED;
+      return P.channel(Channel, 'VmbChannelSaveBegin').saveBegin();
     },
-    VmbChannelSaveContinue: (Channel, _SaveBuffer, _SaveBufferSize) => {
+    VmbChannelSaveContinue: (Channel, SaveBuffer, SaveBufferSize) => {
       live('VmbChannelSaveContinue');
-      P.channel(Channel, 'VmbChannelSaveContinue');
-      return { status: STATUS_NOT_IMPLEMENTED, BytesFilled: 0, BytesRequired: 0 };
+      return P.channel(Channel, 'VmbChannelSaveContinue').saveContinue(SaveBuffer, SaveBufferSize);
     },
     VmbChannelSaveEnd: (Channel) => {
       live('VmbChannelSaveEnd');
-      P.channel(Channel, 'VmbChannelSaveEnd');
+      P.channel(Channel, 'VmbChannelSaveEnd').saveEnd();
     },
     VmbChannelUnmapGpadl: (Channel, GpadlHandle) => {
       live('VmbChannelUnmapGpadl');
@@ -985,10 +980,10 @@ function buildTable(
       live('VmbConvertVmbusHandleToKernelHandle');
       return P.convertUserHandle(VmbusHandle);
     },
-    VmbPacketRestore: (PacketObject, _Buffer, _BufferSize) => {
+    VmbPacketRestore: (PacketObject, Buffer, BufferSize) => {
       live('VmbPacketRestore');
-      P.packet(PacketObject, 'VmbPacketRestore');
-      return STATUS_NOT_IMPLEMENTED;
+      const p = P.packet(PacketObject, 'VmbPacketRestore');
+      return (p.owner as KmclChannel).restorePacketObject(p, Buffer, BufferSize);
     },
     VmbServerChannelInitSetFlags: (Channel, Flags) => {
       live('VmbServerChannelInitSetFlags');

@@ -16,6 +16,7 @@ import { channelRingsFromGpadl, RingMemory } from '../ring/memory.js';
 import { RingReader } from '../ring/reader.js';
 import { RingWriter } from '../ring/writer.js';
 import { VMBUS_GPADL_START } from '../wire/constants.js';
+import type { Guid } from '../wire/guid.js';
 import type { GpaRange } from '../wire/packets.js';
 import type { VmbusUserHandle } from './channel.js';
 import { MAXIMUM_GPADL_PAGES, MAXIMUM_TARGET_VTL, MINIMUM_RING_PAGES } from './constants.js';
@@ -26,6 +27,7 @@ import {
   STATUS_INSUFFICIENT_RESOURCES,
   STATUS_INVALID_DEVICE_STATE,
   STATUS_INVALID_PARAMETER,
+  STATUS_NOT_FOUND,
   STATUS_OBJECT_NAME_COLLISION,
   STATUS_SUCCESS,
 } from './ntstatus.js';
@@ -41,6 +43,7 @@ import type {
   PortOffer,
   PortOfferMatch,
   PortOfferParams,
+  PortOpenRequest,
   PortPartition,
   PortRingPages,
   PortTask,
@@ -200,6 +203,9 @@ type OfferState = 'offered' | 'open' | 'revoking' | 'revoked';
 
 class LoopbackOffer {
   state: OfferState = 'offered';
+  /** Servicing: no server holds the offer; the guest's requests wait for a reclaim. */
+  released = false;
+  private heldWaiters: (() => void)[] = [];
   /** The client's open is in progress (the server has not answered yet). */
   opening = false;
   client: LoopbackClientPort | null = null;
@@ -211,7 +217,7 @@ class LoopbackOffer {
     readonly partition: LoopbackPartition,
     readonly vtl: number,
     readonly params: PortOfferParams,
-    readonly events: ServerPortEvents,
+    public events: ServerPortEvents,
     mmio: PortMmio,
   ) {
     this.portOffer = Object.freeze({
@@ -222,6 +228,28 @@ class LoopbackOffer {
       mmio,
       userDefined: params.userDefined,
     });
+  }
+
+  /** Resolves once a server holds the offer (at once unless it was released for servicing). */
+  async held(): Promise<void> {
+    while (this.released) await new Promise<void>((resolve) => this.heldWaiters.push(resolve));
+  }
+
+  /** A server (re)takes the offer: wake the guest requests that waited. */
+  hold(events: ServerPortEvents): void {
+    this.events = events;
+    this.released = false;
+    const waiters = this.heldWaiters;
+    this.heldWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  sameIds(vtl: number, interfaceType: Guid, interfaceInstance: Guid): boolean {
+    return (
+      this.vtl === vtl &&
+      this.params.interfaceType.equals(interfaceType) &&
+      this.params.interfaceInstance.equals(interfaceInstance)
+    );
   }
 
   matches(match: PortOfferMatch): boolean {
@@ -247,11 +275,8 @@ class LoopbackServerPort implements ServerPort {
     if (this.record !== null) return STATUS_INVALID_DEVICE_STATE;
     const p = this.partition;
     for (const o of p.offers) {
-      if (
-        o.vtl === this.vtl &&
-        o.params.interfaceType.equals(params.interfaceType) &&
-        o.params.interfaceInstance.equals(params.interfaceInstance)
-      ) {
+      if (o.state === 'revoking' || o.state === 'revoked') continue;
+      if (o.sameIds(this.vtl, params.interfaceType, params.interfaceInstance)) {
         return STATUS_OBJECT_NAME_COLLISION;
       }
     }
@@ -280,6 +305,56 @@ class LoopbackServerPort implements ServerPort {
     const i = this.partition.offers.indexOf(record);
     if (i >= 0) this.partition.offers.splice(i, 1);
     await this.partition.host.scheduler.tick();
+  }
+
+  release(): void {
+    const record = this.record;
+    if (record === null) return;
+    this.record = null;
+    record.released = true;
+  }
+
+  private findReleased(interfaceType: Guid, interfaceInstance: Guid): LoopbackOffer | undefined {
+    return this.partition.offers.find(
+      (o) =>
+        o.released &&
+        o.state !== 'revoking' &&
+        o.state !== 'revoked' &&
+        o.sameIds(this.vtl, interfaceType, interfaceInstance),
+    );
+  }
+
+  reclaim(
+    interfaceType: Guid,
+    interfaceInstance: Guid,
+    events: ServerPortEvents,
+  ): { status: NTSTATUS; open: PortOpenRequest | null } {
+    if (this.record !== null) return { status: STATUS_INVALID_DEVICE_STATE, open: null };
+    const record = this.findReleased(interfaceType, interfaceInstance);
+    if (record === undefined) return { status: STATUS_NOT_FOUND, open: null };
+    this.record = record;
+    record.hold(events);
+    const ring = record.ring;
+    const open =
+      record.state === 'open' && !record.opening && ring !== null
+        ? { data: ring.host, mmio: record.portOffer.mmio }
+        : null;
+    return { status: STATUS_SUCCESS, open };
+  }
+
+  abandon(interfaceType: Guid, interfaceInstance: Guid): NTSTATUS {
+    if (this.record !== null) return STATUS_INVALID_DEVICE_STATE;
+    const record = this.findReleased(interfaceType, interfaceInstance);
+    if (record === undefined) return STATUS_NOT_FOUND;
+    // Nobody serves the old instance any more: a guest's pending open is refused, its close is
+    // acknowledged, and the guest is told to let it go.
+    record.hold({
+      onOpen: () => Promise.resolve(STATUS_DEVICE_NOT_CONNECTED),
+      onClose: () => Promise.resolve(),
+    });
+    this.record = record;
+    void this.revoke();
+    return STATUS_SUCCESS;
   }
 
   gpadl(gpadlHandle: number): PortGpadl | null {
@@ -391,7 +466,11 @@ class LoopbackClientPort implements ClientPort {
     try {
       await sched.tick();
       if (record.state !== 'open') status = STATUS_DEVICE_NOT_CONNECTED;
-      else status = await record.events.onOpen({ data: host, mmio: record.portOffer.mmio });
+      else {
+        await record.held();
+        if (record.state !== 'open') status = STATUS_DEVICE_NOT_CONNECTED;
+        else status = await record.events.onOpen({ data: host, mmio: record.portOffer.mmio });
+      }
     } finally {
       record.opening = false;
     }
@@ -412,7 +491,10 @@ class LoopbackClientPort implements ClientPort {
       if (ring !== null) ring.guest.alive = false;
       await this.partition.host.scheduler.tick();
       // The server hears of the close only if it did not start it by revoking the offer.
-      if (record.state === 'open') await record.events.onClose();
+      if (record.state === 'open') {
+        await record.held();
+        if (record.state === 'open') await record.events.onClose();
+      }
       this.release(record);
       if (record.state === 'open') {
         record.state = 'offered';

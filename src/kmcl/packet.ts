@@ -141,6 +141,13 @@ export class Fifo<T> {
     return false;
   }
 
+  /** The items in queue order (allocates: save/teardown only). */
+  toArray(): T[] {
+    const out: T[] = [];
+    for (let i = 0; i < this.count; i++) out.push(this.items[(this.head + i) % this.items.length]!);
+    return out;
+  }
+
   private grow(): void {
     const old = this.items;
     const next: (T | undefined)[] = new Array(old.length * 2);
@@ -337,6 +344,31 @@ export class TransactionTable {
     this.live--;
     p.transIdLo = 0;
     p.transIdHi = 0;
+  }
+
+  /**
+   * Servicing: gives `p` exactly the id it had before a save (slot `lo`, generation `hi`). False
+   * when that slot is taken. Call rebuildFree() after the last one.
+   */
+  restoreId(p: KmclPacket, lo: number, hi: number): boolean {
+    if (lo <= 0 || hi <= 0) return false;
+    while (this.slots.length <= lo) {
+      this.slots.push(null);
+      this.gens.push(0);
+    }
+    if (this.slots[lo] !== null) return false;
+    this.slots[lo] = p;
+    this.gens[lo] = hi >>> 0;
+    p.transIdLo = lo;
+    p.transIdHi = hi >>> 0;
+    this.live++;
+    return true;
+  }
+
+  /** Recomputes the free-slot list (after restoreId). */
+  rebuildFree(): void {
+    this.free.length = 0;
+    for (let i = this.slots.length - 1; i > 0; i--) if (this.slots[i] === null) this.free.push(i);
   }
 
   /** Every packet with an id, in slot order (allocates: teardown only). */

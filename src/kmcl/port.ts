@@ -112,6 +112,28 @@ export interface ServerPort {
   gpadl(gpadlHandle: number): PortGpadl | null;
   /** Records that the server maps (true) or unmapped (false) a GPADL: a guest's teardown waits. */
   setGpadlMapped(gpadlHandle: number, mapped: boolean): void;
+  /**
+   * Servicing (optional; absent: save/restore is not supported over this port). Lets go of the
+   * offer WITHOUT revoking it: the offer, its open channel, its rings and GPADLs (and the server's
+   * GPADL mappings) stay in the bus; the guest's open or close requests wait until another port
+   * reclaims the offer. This port is then empty.
+   */
+  release?(): void;
+  /**
+   * Servicing: takes over the released offer of this port's partition and VTL with this interface
+   * type and instance. Returns the open channel's data path (the same rings) when the offer is open,
+   * else null. STATUS_NOT_FOUND when no such released offer exists.
+   */
+  reclaim?(
+    interfaceType: Guid,
+    interfaceInstance: Guid,
+    events: ServerPortEvents,
+  ): { status: NTSTATUS; open: PortOpenRequest | null };
+  /**
+   * Servicing (VMBUS_SERVER_CHANNEL_INIT_FLAG_FORCE_NEW_CHANNEL): rescinds the released offer with
+   * this type and instance (the guest closes it); a new offer with the same ids may be made at once.
+   */
+  abandon?(interfaceType: Guid, interfaceInstance: Guid): NTSTATUS;
 }
 
 /** An offer a client may open. */

@@ -4,9 +4,9 @@
 // scattered 4096-byte pages (a host mapping a guest's ring GPADL, whose PFNs can be anywhere in guest
 // RAM). Readers and writers copy through the wrapping helpers here, or go straight to `data` /
 // `dataView` when the ring is contiguous. Copies between the ring and a caller's bytes allocate
-// nothing per packet, whatever arrays the caller rotates through (see `WordView`), except a large
-// copy (over WORD_COPY_MAX bytes) of part of an array in another buffer, which allocates one
-// subarray (see `copyBulk`).
+// nothing per packet, whatever arrays the caller rotates through (see `WordView`), except a copy
+// over WORD_COPY_MAX bytes of part of an array (a payload slice, a packet split by the wrap or a page
+// boundary, every payload copied out of the ring), which allocates one subarray (see `copyBulk`).
 
 import { type GuestMemory, MemoryAccessError, PAGE_SIZE } from '../memory/guest-memory.js';
 import { RingError } from './errors.js';
@@ -58,12 +58,13 @@ const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 const WORD_VIEW_MAX_STREAK = 1024;
 
 /**
- * A one-entry cache of an Int32Array view over a caller's Uint8Array, so that copies of a caller who
- * keeps using one array (one payload block, one receive buffer) move words on both sides, after one
- * identity check. It makes a view of a new array only once that array has come `streak` times in a
- * row (2 at first, doubling after each new view, up to 1024): a caller rotating through several
- * arrays, or passing a fresh subarray each time, never makes it allocate (its copies assemble bytes
- * instead), and no pattern makes it allocate more than once per 1024 packets in the long run.
+ * A one-entry cache of an Int32Array view over a caller's Uint8Array, so that small copies of a
+ * caller who keeps using one array (one payload block, one receive buffer) move words on both sides
+ * after one identity check. It makes a view of a new array only once that array has come `streak`
+ * times in a row (2 at first, doubling with each new view, up to 1024): a caller that rotates
+ * through several arrays, or passes a fresh subarray each time, never makes it allocate (its copies
+ * assemble bytes into words instead), and no pattern of use makes it allocate more than once per
+ * 1024 copies in the long run.
  */
 export class WordView {
   private u8: Uint8Array | null = null;
@@ -72,27 +73,34 @@ export class WordView {
   private seen = 0;
   private streak = 2;
 
-  /** The view over `u8` (null when there is none yet, or `u8` is not 4-byte aligned). */
+  /** The view over `u8`: null while `u8` is not taken on, or when it is not 4-byte aligned. */
   of(u8: Uint8Array): Int32Array | null {
-    if (u8 === this.u8) return this.i32;
+    return u8 === this.u8 || this.take(u8) ? this.i32 : null;
+  }
+
+  private take(u8: Uint8Array): boolean {
     if (u8 !== this.candidate) {
       this.candidate = u8;
       this.seen = 1;
-      return null;
+      return false;
     }
-    if (++this.seen < this.streak) return null;
-    this.u8 = u8;
+    if (++this.seen < this.streak) return false;
     this.candidate = null;
-    this.i32 = (u8.byteOffset & 3) === 0 ? new Int32Array(u8.buffer, u8.byteOffset, u8.length >>> 2) : null;
     if (this.streak < WORD_VIEW_MAX_STREAK) this.streak <<= 1;
-    return this.i32;
+    this.u8 = u8;
+    const b = u8.buffer;
+    // A view over a buffer that can change size could end up shorter than `u8`: none is made.
+    const fixed = !(b as { resizable?: boolean }).resizable && !(b as { growable?: boolean }).growable;
+    this.i32 = fixed && (u8.byteOffset & 3) === 0 ? new Int32Array(b, u8.byteOffset, u8.length >>> 2) : null;
+    return true;
   }
 }
 
 /**
- * Copies `len` bytes of any caller array `src` (`src32`: its view from `WordView`, or null) into a
- * ring segment `dst` (`dst32`: an Int32Array over the same bytes, or null). `whole`: a Uint8Array
- * over the entire buffer of `dst`, or null (see `copyBulk`). Allocates nothing up to WORD_COPY_MAX.
+ * Copies `len` bytes of the caller's array `src` (`src32`: its view from `WordView`, or null) into
+ * a ring segment `dst` (`dst32`: an Int32Array over it, or null). Up to WORD_COPY_MAX bytes this
+ * allocates nothing: words both ways, else one `set` of a whole `src`, else words assembled from
+ * `src`'s bytes, else bytes. Larger copies: see `copyBulk`.
  */
 export function copyIn(
   dst: Uint8Array,
@@ -102,19 +110,19 @@ export function copyIn(
   src32: Int32Array | null,
   srcOff: number,
   len: number,
-  whole: Uint8Array | null,
 ): void {
   if (len > WORD_COPY_MAX) {
-    copyBulk(dst, dstOff, src, srcOff, len, whole);
+    copyBulk(dst, dstOff, src, srcOff, len);
     return;
   }
   let i = 0;
   if (dst32 !== null && (dstOff & 3) === 0) {
     const a = dstOff >>> 2;
-    let n = len >>> 2;
+    const n = len >>> 2;
     if (src32 !== null && (srcOff & 3) === 0) {
       const b = srcOff >>> 2;
       for (let k = 0; k < n; k++) dst32[a + k] = src32[b + k]!;
+      i = n << 2;
     } else if (len > WHOLE_SET_MIN && srcOff === 0 && len === src.length) {
       dst.set(src, dstOff);
       return;
@@ -123,18 +131,16 @@ export function copyIn(
         const j = srcOff + (k << 2);
         dst32[a + k] = src[j]! | (src[j + 1]! << 8) | (src[j + 2]! << 16) | (src[j + 3]! << 24);
       }
-    } else {
-      n = 0;
+      i = n << 2;
     }
-    i = n << 2;
   }
   for (; i < len; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
 /**
- * Copies `len` bytes of a ring segment `src` (`src32`: an Int32Array over it, or null) into any
- * caller array `dst` (`dst32`: its view from `WordView`, or null). `whole`: a Uint8Array over the
- * entire buffer of `src`, or null (see `copyBulk`). Allocates nothing up to WORD_COPY_MAX.
+ * Copies `len` bytes of a ring segment `src` (`src32`: an Int32Array over it, or null) into the
+ * caller's array `dst` (`dst32`: its view from `WordView`, or null). Up to WORD_COPY_MAX bytes this
+ * allocates nothing: words both ways, else words split into `dst`'s bytes, else bytes.
  */
 export function copyOut(
   dst: Uint8Array,
@@ -144,19 +150,19 @@ export function copyOut(
   src32: Int32Array | null,
   srcOff: number,
   len: number,
-  whole: Uint8Array | null,
 ): void {
   if (len > WORD_COPY_MAX) {
-    copyBulk(dst, dstOff, src, srcOff, len, whole);
+    copyBulk(dst, dstOff, src, srcOff, len);
     return;
   }
   let i = 0;
   if (src32 !== null && (srcOff & 3) === 0) {
     const a = srcOff >>> 2;
-    let n = len >>> 2;
+    const n = len >>> 2;
     if (dst32 !== null && (dstOff & 3) === 0) {
       const b = dstOff >>> 2;
       for (let k = 0; k < n; k++) dst32[b + k] = src32[a + k]!;
+      i = n << 2;
     } else if (LITTLE_ENDIAN) {
       for (let k = 0; k < n; k++) {
         const v = src32[a + k]!;
@@ -166,36 +172,22 @@ export function copyOut(
         dst[j + 2] = v >>> 16;
         dst[j + 3] = v >>> 24;
       }
-    } else {
-      n = 0;
+      i = n << 2;
     }
-    i = n << 2;
   }
   for (; i < len; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
 /**
- * A large copy with one builtin: `set` of the whole source array, or `copyWithin` on `whole` (a view
- * of the entire buffer) when source and destination share that buffer: neither allocates. Otherwise
- * `set` of a subarray, which allocates one short-lived view per call: no builtin copies part of one
- * array into another without it, and an allocation-free word loop is 2-5x slower for these sizes.
+ * A large copy: one `set` of the whole source array (no allocation), or else of a subarray, which
+ * allocates one short-lived view per call. No builtin copies part of one array into another without
+ * one (Buffer#copy makes one too); an allocation-free word loop was 2x slower at 256 B and 5x at
+ * 4 KiB; `copyWithin` needs both sides in one buffer, and asking a caller's array for its `.buffer`
+ * costs more (about 40 ns in Node 20) than the subarray it would save.
  */
-function copyBulk(
-  dst: Uint8Array,
-  dstOff: number,
-  src: Uint8Array,
-  srcOff: number,
-  len: number,
-  whole: Uint8Array | null,
-): void {
-  if (srcOff === 0 && len === src.length) {
-    dst.set(src, dstOff);
-  } else if (whole !== null && src.buffer === whole.buffer && dst.buffer === whole.buffer) {
-    const from = src.byteOffset - whole.byteOffset + srcOff;
-    whole.copyWithin(dst.byteOffset - whole.byteOffset + dstOff, from, from + len);
-  } else {
-    dst.set(src.subarray(srcOff, srcOff + len), dstOff);
-  }
+function copyBulk(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, len: number): void {
+  if (srcOff === 0 && len === src.length) dst.set(src, dstOff);
+  else dst.set(src.subarray(srcOff, srcOff + len), dstOff);
 }
 
 export class RingMemory {
@@ -215,13 +207,6 @@ export class RingMemory {
   /** DataViews over each of `pages` (for page-local fast paths), else null. */
   readonly pageViews: readonly DataView[] | null;
   /**
-   * A Uint8Array over the entire buffer the data area lives in (guest RAM, a ring file), or null when
-   * the pages lie in different buffers: large copies between the ring and other bytes of that buffer
-   * use `copyWithin` on it instead of allocating a subarray.
-   */
-  readonly whole: Uint8Array | null;
-
-  /**
    * `control`: at least the first 17 words of the control page (normally all 1024). `data`: the
    * contiguous data area, or its pages in ring order.
    */
@@ -239,7 +224,6 @@ export class RingMemory {
         data.byteOffset % 4 === 0 ? new Int32Array(data.buffer, data.byteOffset, data.length >>> 2) : null;
       this.pages32 = null;
       this.pageViews = null;
-      this.whole = new Uint8Array(data.buffer);
     } else {
       for (const p of data) {
         if (p.length !== PAGE_SIZE) {
@@ -255,8 +239,6 @@ export class RingMemory {
         ? data.map((p) => new Int32Array(p.buffer, p.byteOffset, PAGE_SIZE / 4))
         : null;
       this.pageViews = data.map((p) => new DataView(p.buffer, p.byteOffset, PAGE_SIZE));
-      const buffer = data.length > 0 ? data[0]!.buffer : null;
-      this.whole = buffer !== null && data.every((p) => p.buffer === buffer) ? new Uint8Array(buffer) : null;
     }
     if (size === 0 || size % PAGE_SIZE !== 0 || size > MAX_RING_DATA_SIZE) {
       throw new RingError(
@@ -354,17 +336,17 @@ export class RingMemory {
 
   /**
    * Copies `len` (<= D) bytes of `src` into the data area at `pos` (< D), wrapping at D. `src32`
-   * (an Int32Array over `src`, see WordView) enables word copies on both sides.
+   * (an Int32Array over `src`, see WordView) enables word copies.
    */
   write(pos: number, src: Uint8Array, srcOff: number, len: number, src32: Int32Array | null = null): void {
     const data = this.data;
     if (data !== null) {
       const first = this.dataSize - pos;
       if (len <= first) {
-        copyIn(data, this.data32, pos, src, src32, srcOff, len, this.whole);
+        copyIn(data, this.data32, pos, src, src32, srcOff, len);
       } else {
-        copyIn(data, this.data32, pos, src, src32, srcOff, first, this.whole);
-        copyIn(data, this.data32, 0, src, src32, srcOff + first, len - first, this.whole);
+        copyIn(data, this.data32, pos, src, src32, srcOff, first);
+        copyIn(data, this.data32, 0, src, src32, srcOff + first, len - first);
       }
       return;
     }
@@ -374,7 +356,7 @@ export class RingMemory {
       const inPage = pos & (PAGE_SIZE - 1);
       const n = Math.min(len, PAGE_SIZE - inPage);
       const i = pos >>> 12;
-      copyIn(pages[i]!, pages32 === null ? null : pages32[i]!, inPage, src, src32, srcOff, n, this.whole);
+      copyIn(pages[i]!, pages32 === null ? null : pages32[i]!, inPage, src, src32, srcOff, n);
       srcOff += n;
       len -= n;
       pos += n;
@@ -384,17 +366,17 @@ export class RingMemory {
 
   /**
    * Copies `len` (<= D) bytes of the data area at `pos` (< D) into `dst`, wrapping at D. `dst32`
-   * (an Int32Array over `dst`, see WordView) enables word copies on both sides.
+   * (an Int32Array over `dst`, see WordView) enables word copies.
    */
   read(pos: number, dst: Uint8Array, dstOff: number, len: number, dst32: Int32Array | null = null): void {
     const data = this.data;
     if (data !== null) {
       const first = this.dataSize - pos;
       if (len <= first) {
-        copyOut(dst, dst32, dstOff, data, this.data32, pos, len, this.whole);
+        copyOut(dst, dst32, dstOff, data, this.data32, pos, len);
       } else {
-        copyOut(dst, dst32, dstOff, data, this.data32, pos, first, this.whole);
-        copyOut(dst, dst32, dstOff + first, data, this.data32, 0, len - first, this.whole);
+        copyOut(dst, dst32, dstOff, data, this.data32, pos, first);
+        copyOut(dst, dst32, dstOff + first, data, this.data32, 0, len - first);
       }
       return;
     }
@@ -404,7 +386,7 @@ export class RingMemory {
       const inPage = pos & (PAGE_SIZE - 1);
       const n = Math.min(len, PAGE_SIZE - inPage);
       const i = pos >>> 12;
-      copyOut(dst, dst32, dstOff, pages[i]!, pages32 === null ? null : pages32[i]!, inPage, n, this.whole);
+      copyOut(dst, dst32, dstOff, pages[i]!, pages32 === null ? null : pages32[i]!, inPage, n);
       dstOff += n;
       len -= n;
       pos += n;

@@ -59,6 +59,8 @@ export class RingPacket {
   readonly view: DataView | null;
   private readonly ring: RingMemory;
   private readonly D: number;
+  /** Caches for the arrays `copyPayload` and the other copies write to (a caller often has one of each). */
+  private readonly payloadWords = new WordView();
   private readonly words = new WordView();
 
   constructor(ring: RingMemory) {
@@ -110,9 +112,9 @@ export class RingPacket {
       );
     }
     const p = this.payloadStart;
-    const dst32 = length <= WORD_COPY_MAX ? this.words.of(dst) : null;
+    const dst32 = length <= WORD_COPY_MAX ? this.payloadWords.of(dst) : null;
     if (this.bytes !== null && p + length <= this.D) {
-      copyOut(dst, dst32, dstOffset, this.bytes, this.ring.data32, p, length, this.ring.whole);
+      copyOut(dst, dst32, dstOffset, this.bytes, this.ring.data32, p, length);
     } else {
       this.ring.read(p, dst, dstOffset, length, dst32);
     }

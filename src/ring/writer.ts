@@ -87,7 +87,6 @@ export class RingWriter {
   private readonly data: Uint8Array | null;
   private readonly data32: Int32Array | null;
   private readonly dv: DataView | null;
-  private readonly whole: Uint8Array | null;
   private readonly words = new WordView();
   private readonly autoPending: boolean;
   /** The least automatic pending_send_sz: ceil8(maximumPacketSize / 4) for 'quarter', 0 for 'exact'. */
@@ -113,7 +112,6 @@ export class RingWriter {
     this.data = ring.data;
     this.data32 = ring.data32;
     this.dv = ring.dataView;
-    this.whole = ring.whole;
     this.autoPending = options.autoPendingSendSize ?? true;
     const sizing = options.pendingSendSizing ?? 'quarter';
     if (sizing !== 'quarter' && sizing !== 'exact') {
@@ -212,7 +210,6 @@ export class RingWriter {
           payloadLength <= WORD_COPY_MAX ? this.words.of(payload) : null,
           payloadOffset,
           payloadLength,
-          this.whole,
         );
       }
       dv.setUint32(end, 0, true);

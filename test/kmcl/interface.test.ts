@@ -33,7 +33,6 @@ import {
   STATUS_INVALID_PARAMETER_3,
   STATUS_INVALID_PARAMETER_4,
   STATUS_MORE_PROCESSING_REQUIRED,
-  STATUS_NOT_IMPLEMENTED,
   STATUS_NOT_SUPPORTED,
   STATUS_PENDING,
   STATUS_SUCCESS,
@@ -426,15 +425,23 @@ describe('kmcl functions', () => {
     assert.deepEqual(guestOnly.convertUserHandle(a.userHandle), { status: STATUS_NOT_SUPPORTED });
   });
 
-  test('save/restore functions are present and report STATUS_NOT_IMPLEMENTED (a later issue)', async () => {
+  test('save/restore functions refuse the wrong state (details in test/servicing)', async () => {
     const rig = makeRig();
     const { server } = await openPair(rig);
     const p = rig.S.VmbPacketAllocate(server)!;
-    expectStatus(rig.S.VmbChannelSaveBegin(server), STATUS_NOT_IMPLEMENTED);
-    expectStatus(rig.S.VmbChannelSaveContinue(server, new Uint8Array(64), 64).status, STATUS_NOT_IMPLEMENTED);
+    // A flowing channel cannot be saved; nothing was begun, so Continue has no context.
+    expectStatus(rig.S.VmbChannelSaveBegin(server), STATUS_INVALID_DEVICE_STATE);
+    expectStatus(
+      rig.S.VmbChannelSaveContinue(server, new Uint8Array(64), 64).status,
+      STATUS_INVALID_DEVICE_STATE,
+    );
     rig.S.VmbChannelSaveEnd(server);
-    expectStatus(rig.S.VmbChannelRestoreFromBuffer(server, new Uint8Array(8), 8), STATUS_NOT_IMPLEMENTED);
-    expectStatus(rig.S.VmbPacketRestore(p, new Uint8Array(8), 8), STATUS_NOT_IMPLEMENTED);
+    // Restore only before the first Enable; VmbPacketRestore only inside EvtVmbChannelRestorePacket.
+    expectStatus(
+      rig.S.VmbChannelRestoreFromBuffer(server, new Uint8Array(8), 8),
+      STATUS_INVALID_DEVICE_STATE,
+    );
+    expectStatus(rig.S.VmbPacketRestore(p, new Uint8Array(8), 8), STATUS_INVALID_DEVICE_STATE);
     assert.throws(() => rig.S.VmbChannelSaveBegin({} as VMBCHANNEL), KmclContractViolation);
   });
 
