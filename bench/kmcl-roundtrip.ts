@@ -234,6 +234,11 @@ class GuestLoop {
 
 async function guestMain(data: GuestData): Promise<void> {
   const out = parentPort!;
+  // The guest's link is unref'd and nothing else holds this thread's event loop until the
+  // command listener below is installed: without this, the worker could exit while it waits for
+  // the host's VERSION_RESPONSE (a pending Atomics.waitAsync does not keep a thread alive), and
+  // the main thread then waited for 'ready' forever.
+  const keepAlive = setInterval(() => {}, 1 << 30);
   const guest = await attachKmclGuest(data.descriptor);
   const q = queryInterface(
     guest.provider,
@@ -305,6 +310,7 @@ async function guestMain(data: GuestData): Promise<void> {
       } satisfies FromGuest);
     }
   });
+  clearInterval(keepAlive);
   out.postMessage({ type: 'ready' } satisfies FromGuest);
 }
 
@@ -314,6 +320,7 @@ async function guestMain(data: GuestData): Promise<void> {
 class Peer<In, Out extends { type: string }> {
   private readonly queue: Out[] = [];
   private waiter: ((m: Out) => void) | null = null;
+  private exited: string | null = null;
 
   constructor(readonly worker: Worker) {
     worker.on('message', (m: Out) => {
@@ -328,6 +335,13 @@ class Peer<In, Out extends { type: string }> {
       this.waiter = null;
       w?.({ type: 'error', error: String(e) } as unknown as Out);
     });
+    // A worker that ends while the suite waits for it must fail the suite, not hang it.
+    worker.on('exit', (code) => {
+      this.exited = `worker exited (code ${code})`;
+      const w = this.waiter;
+      this.waiter = null;
+      w?.({ type: 'error', error: this.exited } as unknown as Out);
+    });
   }
 
   send(m: In): void {
@@ -335,7 +349,11 @@ class Peer<In, Out extends { type: string }> {
   }
 
   async expect<T extends Out['type']>(type: T): Promise<Extract<Out, { type: T }>> {
-    const m = this.queue.shift() ?? (await new Promise<Out>((resolve) => (this.waiter = resolve)));
+    const m =
+      this.queue.shift() ??
+      (this.exited !== null
+        ? ({ type: 'error', error: this.exited } as unknown as Out)
+        : await new Promise<Out>((resolve) => (this.waiter = resolve)));
     if (m.type !== type) {
       const error = (m as unknown as { error?: string }).error;
       throw new Error(`${SUITE}: expected ${type}, got ${m.type}${error ? `: ${error}` : ''}`);
