@@ -13,6 +13,7 @@
 //
 // This file is also the workers' entry (workerData.kind says which role).
 
+import { readFileSync } from 'node:fs';
 import { MessageChannel, type MessagePort, parentPort, type Worker, workerData } from 'node:worker_threads';
 import {
   attachKmclGuest,
@@ -62,6 +63,8 @@ const REQUEST_BYTES = 8;
 const STOP = 0;
 const POLLED_GOAL_US = 2;
 const SIGNALLED_GOAL_US = 30;
+/** A polling thread on CPU for less of its run than this did not have a vCPU to itself. */
+const CONTENDED_ON_CPU = 0.9;
 
 type Mode = 'polled' | 'signalled' | 'messageport';
 
@@ -82,15 +85,53 @@ type ToHost = { readonly cmd: 'poll' } | { readonly cmd: 'close' };
 type FromHost =
   | { readonly type: 'descriptor'; readonly descriptor: KmclGuestDescriptor }
   | { readonly type: 'polling' }
-  | { readonly type: 'polled-done'; readonly polls: number }
+  | { readonly type: 'polled-done'; readonly polls: number; readonly sched: SchedDelta | null }
   | { readonly type: 'closed' }
   | { readonly type: 'error'; readonly error: string };
 type ToGuest = { readonly cmd: 'run'; readonly mode: Mode; readonly n: number } | { readonly cmd: 'close' };
 type FromGuest =
   | { readonly type: 'ready' }
-  | { readonly type: 'sample'; readonly seconds: number; readonly mismatches: number; readonly polls: number }
+  | {
+      readonly type: 'sample';
+      readonly seconds: number;
+      readonly mismatches: number;
+      readonly polls: number;
+      readonly sched: SchedDelta | null;
+    }
   | { readonly type: 'closed' }
   | { readonly type: 'error'; readonly error: string };
+
+/**
+ * What the OS scheduler did to this thread during a run (Linux /proc/thread-self/schedstat):
+ * the share of the wall time it was on a CPU and the share it waited, runnable, for one. Two
+ * busy-polling threads need a vCPU each; a polled figure taken while either waited measures the
+ * scheduler (a round trip stalls for as long as either side is off its CPU), not the code.
+ */
+interface SchedDelta {
+  readonly onCpu: number;
+  readonly runqueueWait: number;
+}
+
+/** [on-CPU ns, run-queue wait ns] of the calling thread, or null where /proc has no schedstat. */
+function schedstat(): [number, number] | null {
+  try {
+    const f = readFileSync('/proc/thread-self/schedstat', 'latin1').split(' ');
+    const cpu = Number(f[0]);
+    const wait = Number(f[1]);
+    return Number.isFinite(cpu) && Number.isFinite(wait) ? [cpu, wait] : null;
+  } catch {
+    return null;
+  }
+}
+
+function schedDelta(before: [number, number] | null, wallMs: number): SchedDelta | null {
+  const after = schedstat();
+  if (before === null || after === null || wallMs <= 0) return null;
+  return {
+    onCpu: (after[0] - before[0]) / 1e6 / wallMs,
+    runqueueWait: (after[1] - before[1]) / 1e6 / wallMs,
+  };
+}
 
 function fail(status: number, what: string): void {
   if (status !== STATUS_SUCCESS) throw new Error(`${what}: ${ntStatusName(status)}`);
@@ -134,13 +175,16 @@ async function hostMain(data: HostData): Promise<void> {
         hostBus.setPolling(true);
         out.postMessage({ type: 'polling' } satisfies FromHost);
         let polls = 0;
+        const s0 = schedstat();
+        const t0 = clockMs();
         while (Atomics.load(ctrl, STOP) === 0) {
           hostBus.poll();
           polls++;
         }
+        const sched = schedDelta(s0, clockMs() - t0);
         Atomics.store(ctrl, STOP, 0);
         hostBus.setPolling(false);
-        out.postMessage({ type: 'polled-done', polls } satisfies FromHost);
+        out.postMessage({ type: 'polled-done', polls, sched } satisfies FromHost);
       } else {
         data.port.close();
         await S.VmbChannelDisable(ch);
@@ -289,6 +333,7 @@ async function guestMain(data: GuestData): Promise<void> {
       loop.mismatches = 0;
       let polls = 0;
       let mismatches = 0;
+      const s0 = schedstat();
       const t0 = clockMs();
       if (m.mode === 'polled') {
         guest.bus.setPolling(true);
@@ -302,7 +347,8 @@ async function guestMain(data: GuestData): Promise<void> {
         mismatches = await mpRun(m.n);
       }
       const seconds = (clockMs() - t0) / 1000;
-      out.postMessage({ type: 'sample', seconds, mismatches, polls } satisfies FromGuest);
+      const sched = schedDelta(s0, seconds * 1000);
+      out.postMessage({ type: 'sample', seconds, mismatches, polls, sched } satisfies FromGuest);
     } catch (e) {
       out.postMessage({
         type: 'error',
@@ -400,25 +446,49 @@ export const kmclRoundTripSuite: Suite = {
       );
       await guest.expect('ready');
       const g = guest;
+      const share = (v: number | undefined): number | null =>
+        v === undefined ? null : Math.round(v * 1000) / 1000;
       const sample = async (mode: Mode, n: number): Promise<Sample> => {
         g.send({ cmd: 'run', mode, n });
         const s = await g.expect('sample');
         return {
           packets: n,
           seconds: s.seconds,
-          details: { polls: s.polls, mismatches: s.mismatches },
+          details: {
+            mismatches: s.mismatches,
+            ...(mode === 'polled'
+              ? {
+                  guestPollsPerRoundTrip: s.polls / n,
+                  guestOnCpu: share(s.sched?.onCpu),
+                  guestRunqueueWait: share(s.sched?.runqueueWait),
+                }
+              : {}),
+          },
           ...(s.mismatches > 0 ? { error: `${s.mismatches} round trips did not verify` } : {}),
         };
       };
       const polled = async (n: number): Promise<Sample> => {
         host.send({ cmd: 'poll' });
         await host.expect('polling');
+        let s: Sample | null = null;
         try {
-          return await sample('polled', n);
+          s = await sample('polled', n);
         } finally {
           Atomics.store(ctrl, STOP, 1);
-          await host.expect('polled-done');
+          const h = await host.expect('polled-done');
+          if (s !== null) {
+            s = {
+              ...s,
+              details: {
+                ...s.details,
+                hostPollsPerRoundTrip: h.polls / n,
+                hostOnCpu: share(h.sched?.onCpu),
+                hostRunqueueWait: share(h.sched?.runqueueWait),
+              },
+            };
+          }
         }
+        return s;
       };
       const items: Measurable[] = [
         {
@@ -471,6 +541,17 @@ export const kmclRoundTripSuite: Suite = {
       );
     };
     goal('kmcl-rtt-polled', 'polled', POLLED_GOAL_US);
+    const pd = figures['kmcl-rtt-polled']?.details;
+    if (typeof pd?.hostOnCpu === 'number' && typeof pd.guestOnCpu === 'number') {
+      const low = Math.min(pd.hostOnCpu, pd.guestOnCpu);
+      const pct = (v: number): string => `${(v * 100).toFixed(0)}%`;
+      notes.push(
+        `polled: host on CPU ${pct(pd.hostOnCpu)} of its run, guest ${pct(pd.guestOnCpu)}` +
+          (low < CONTENDED_ON_CPU
+            ? ' - CONTENDED: other work took the vCPUs, so the polled figure measures the OS scheduler; rerun on a quiet machine'
+            : ''),
+      );
+    }
     goal('kmcl-rtt-signalled', 'signalled', SIGNALLED_GOAL_US);
     const mp = rtt('messageport-rtt');
     if (mp !== null) notes.push(`MessagePort round trip ${mp.toFixed(2)} us`);
