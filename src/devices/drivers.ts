@@ -81,42 +81,8 @@ export function startHostVsps(provider: KmclProvider, options: HostVspsOptions =
           ...(options.vmbusHandle !== undefined ? { vmbusHandle: options.vmbusHandle } : {}),
           ...options.storage,
         });
-  const started: { stop(): Promise<void> }[] = [];
-  try {
-    for (const d of [heartbeat, shutdown, timesync, kvp, storage]) {
-      if (d === null) continue;
-      d.start();
-      started.push(d);
-    }
-  } catch (e) {
-    for (const d of started) void d.stop();
-    throw e;
-  }
-  return {
-    heartbeat,
-    shutdown,
-    timesync,
-    kvp,
-    storage,
-    async ready() {
-      const [h, s, t, k, st] = await Promise.all([
-        heartbeat.ready(),
-        shutdown.ready(),
-        timesync.ready(),
-        kvp.ready(),
-        storage === null ? Promise.resolve(null) : storage.ready(),
-      ]);
-      return { ic: { heartbeat: h, shutdown: s, timesync: t, kvp: k }, storage: st };
-    },
-    async stop() {
-      await Promise.all(started.map((d) => d.stop()));
-    },
-    summary() {
-      const channels = [heartbeat, shutdown, timesync, kvp].map((d) => d.counters.snapshot());
-      if (storage !== null) channels.push(storage.counters.snapshot());
-      return { channels, io: storage === null ? null : storage.io.snapshot() };
-    },
-  };
+  const ic = { heartbeat, shutdown, timesync, kvp };
+  return startDriverSet(ic, storage, (d) => d.ready());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,10 +122,46 @@ export function startGuestVscs(provider: KmclProvider, options: GuestVscsOptions
   const timesync = new TimeSyncVsc(provider, { ...base, ...options.timesync });
   const kvp = new KvpVsc(provider, { ...base, ...options.kvp });
   const storage = options.storage === undefined ? null : new StorageVscDriver(provider, options.storage);
-  const started: { stop(): Promise<void> }[] = [];
+  const ic = { heartbeat, shutdown, timesync, kvp };
+  return startDriverSet(ic, storage, (d) => d.negotiated());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by both sides
+
+/** What both sides' drivers have in common, for starting, stopping and summing them up. */
+interface StartableDriver {
+  start(): void;
+  stop(): Promise<void>;
+  readonly counters: { snapshot(): ChannelCountersSnapshot };
+}
+
+interface StorageDriver<Ready> extends StartableDriver {
+  ready(): Promise<Ready>;
+  readonly io: { snapshot(): StorageIoSnapshot };
+}
+
+type IcName = 'heartbeat' | 'shutdown' | 'timesync' | 'kvp';
+
+/**
+ * Starts the four IC drivers and the storage driver (if any) in order (stopping those already
+ * started if one throws) and returns the set with ready/stop/summary; `icReady` is how one side's
+ * IC driver says it negotiated.
+ */
+function startDriverSet<I extends Record<IcName, StartableDriver>, S extends StorageDriver<R>, R>(
+  ic: I,
+  storage: S | null,
+  icReady: (driver: I[IcName]) => Promise<IcVersions>,
+): I & {
+  readonly storage: S | null;
+  ready(): Promise<{ ic: Record<IcName, IcVersions>; storage: R | null }>;
+  stop(): Promise<void>;
+  summary(): DriverSummary;
+} {
+  const all = [ic.heartbeat, ic.shutdown, ic.timesync, ic.kvp, ...(storage === null ? [] : [storage])];
+  const started: StartableDriver[] = [];
   try {
-    for (const d of [heartbeat, shutdown, timesync, kvp, storage]) {
-      if (d === null) continue;
+    for (const d of all) {
       d.start();
       started.push(d);
     }
@@ -168,28 +170,26 @@ export function startGuestVscs(provider: KmclProvider, options: GuestVscsOptions
     throw e;
   }
   return {
-    heartbeat,
-    shutdown,
-    timesync,
-    kvp,
+    ...ic,
     storage,
     async ready() {
-      const [h, s, t, k, st] = await Promise.all([
-        heartbeat.negotiated(),
-        shutdown.negotiated(),
-        timesync.negotiated(),
-        kvp.negotiated(),
+      const [heartbeat, shutdown, timesync, kvp, st] = await Promise.all([
+        icReady(ic.heartbeat),
+        icReady(ic.shutdown),
+        icReady(ic.timesync),
+        icReady(ic.kvp),
         storage === null ? Promise.resolve(null) : storage.ready(),
       ]);
-      return { ic: { heartbeat: h, shutdown: s, timesync: t, kvp: k }, storage: st };
+      return { ic: { heartbeat, shutdown, timesync, kvp }, storage: st };
     },
     async stop() {
       await Promise.all(started.map((d) => d.stop()));
     },
     summary() {
-      const channels = [heartbeat, shutdown, timesync, kvp].map((d) => d.counters.snapshot());
-      if (storage !== null) channels.push(storage.counters.snapshot());
-      return { channels, io: storage === null ? null : storage.io.snapshot() };
+      return {
+        channels: all.map((d) => d.counters.snapshot()),
+        io: storage === null ? null : storage.io.snapshot(),
+      };
     },
   };
 }
