@@ -580,6 +580,11 @@ function buildTable(
     }
   };
   const P = provider;
+  /** The channel behind a handle, for a call through a table that is still referenced. */
+  const liveChannel = (Channel: unknown, api: string): KmclChannel => {
+    live(api);
+    return P.channel(Channel, api);
+  };
 
   const client: KMCL_CLIENT_INTERFACE_V1 = {
     Size: server ? KMCL_SERVER_INTERFACE_V1_SIZE : KMCL_CLIENT_INTERFACE_V1_SIZE,
@@ -603,13 +608,11 @@ function buildTable(
       return { status: STATUS_SUCCESS, Channel: ch.publicHandle };
     },
     VmbChannelCleanup: (Channel) => {
-      live('VmbChannelCleanup');
-      P.channel(Channel, 'VmbChannelCleanup').cleanup();
+      liveChannel(Channel, 'VmbChannelCleanup').cleanup();
     },
     VmbChannelCreateGpadlFromBuffer: (Channel, Flags, Buffer, ByteCount) => {
       const api = 'VmbChannelCreateGpadlFromBuffer';
-      live(api);
-      const ch = P.channel(Channel, api);
+      const ch = liveChannel(Channel, api);
       requireBlocking(api);
       if (ch.role !== 'client') return Promise.resolve({ status: STATUS_NOT_SUPPORTED, GpadlHandle: 0 });
       if (!isU32(Flags) || (Flags & ~VMBUS_CHANNEL_GPADL_FLAGS) !== 0) {
@@ -619,8 +622,7 @@ function buildTable(
     },
     VmbChannelCreateGpadlFromMdl: (Channel, Flags, Mdl, StartOffsetWithinMdl, DataLengthWithinMdl) => {
       const api = 'VmbChannelCreateGpadlFromMdl';
-      live(api);
-      const ch = P.channel(Channel, api);
+      const ch = liveChannel(Channel, api);
       requireBlocking(api);
       if (ch.role !== 'client') return Promise.resolve({ status: STATUS_NOT_SUPPORTED, GpadlHandle: 0 });
       if (!isU32(Flags) || (Flags & ~VMBUS_CHANNEL_GPADL_FLAGS) !== 0) {
@@ -630,32 +632,26 @@ function buildTable(
     },
     VmbChannelDeleteGpadl: (Channel, GpadlHandle) => {
       const api = 'VmbChannelDeleteGpadl';
-      live(api);
-      const ch = P.channel(Channel, api);
+      const ch = liveChannel(Channel, api);
       requireBlocking(api);
       if (ch.role !== 'client')
         throw new KmclContractViolation('bad-state', api, 'only a client creates GPADLs');
       return ch.deleteGpadl(GpadlHandle);
     },
     VmbChannelDisable: (Channel) => {
-      live('VmbChannelDisable');
-      return P.channel(Channel, 'VmbChannelDisable').disable();
+      return liveChannel(Channel, 'VmbChannelDisable').disable();
     },
     VmbChannelEnable: (Channel) => {
-      live('VmbChannelEnable');
-      return P.channel(Channel, 'VmbChannelEnable').enable();
+      return liveChannel(Channel, 'VmbChannelEnable').enable();
     },
     VmbChannelGetInterfaceInstance: (Channel) => {
-      live('VmbChannelGetInterfaceInstance');
-      return P.channel(Channel, 'VmbChannelGetInterfaceInstance').getInterfaceInstance();
+      return liveChannel(Channel, 'VmbChannelGetInterfaceInstance').getInterfaceInstance();
     },
     VmbChannelGetMmioSpace: (Channel) => {
-      live('VmbChannelGetMmioSpace');
-      return P.channel(Channel, 'VmbChannelGetMmioSpace').getMmioSpace();
+      return liveChannel(Channel, 'VmbChannelGetMmioSpace').getMmioSpace();
     },
     VmbChannelGetPointer: (Channel) => {
-      live('VmbChannelGetPointer');
-      return P.channel(Channel, 'VmbChannelGetPointer').pointer;
+      return liveChannel(Channel, 'VmbChannelGetPointer').pointer;
     },
     VmbChannelInitSetClientContextSize: (Channel, ContextSize) => {
       live('VmbChannelInitSetClientContextSize');
@@ -776,8 +772,7 @@ function buildTable(
       return (t.owner as KmclChannel).getExternalData(t, Flags);
     },
     VmbChannelPause: (Channel) => {
-      live('VmbChannelPause');
-      return P.channel(Channel, 'VmbChannelPause').pause();
+      return liveChannel(Channel, 'VmbChannelPause').pause();
     },
     VmbChannelSendSynchronousRequest: (
       Channel,
@@ -790,8 +785,7 @@ function buildTable(
       Timeout,
     ) => {
       const api = 'VmbChannelSendSynchronousRequest';
-      live(api);
-      return P.channel(Channel, api).sendSynchronousRequest(
+      return liveChannel(Channel, api).sendSynchronousRequest(
         Buffer,
         BufferSize,
         ExternalDataMdl,
@@ -802,29 +796,23 @@ function buildTable(
       );
     },
     VmbChannelSetIncomingProcessingAtPassive: (Channel, RequirePassive) => {
-      live('VmbChannelSetIncomingProcessingAtPassive');
-      P.channel(Channel, 'VmbChannelSetIncomingProcessingAtPassive').incomingAtPassive =
+      liveChannel(Channel, 'VmbChannelSetIncomingProcessingAtPassive').incomingAtPassive =
         RequirePassive === true;
     },
     VmbChannelSetInterruptLatency: (Channel, Latency) => {
-      live('VmbChannelSetInterruptLatency');
-      return P.channel(Channel, 'VmbChannelSetInterruptLatency').setInterruptLatency(Latency);
+      return liveChannel(Channel, 'VmbChannelSetInterruptLatency').setInterruptLatency(Latency);
     },
     VmbChannelSetPointer: (Channel, Pointer) => {
-      live('VmbChannelSetPointer');
-      P.channel(Channel, 'VmbChannelSetPointer').pointer = Pointer ?? null;
+      liveChannel(Channel, 'VmbChannelSetPointer').pointer = Pointer ?? null;
     },
     VmbChannelSetTransactionQuota: (Channel, Quota) => {
-      live('VmbChannelSetTransactionQuota');
-      P.channel(Channel, 'VmbChannelSetTransactionQuota').setTransactionQuota(Quota);
+      liveChannel(Channel, 'VmbChannelSetTransactionQuota').setTransactionQuota(Quota);
     },
     VmbChannelSizeofPacket: (Channel) => {
-      live('VmbChannelSizeofPacket');
-      return P.channel(Channel, 'VmbChannelSizeofPacket').sizeofPacket();
+      return liveChannel(Channel, 'VmbChannelSizeofPacket').sizeofPacket();
     },
     VmbChannelStart: (Channel) => {
-      live('VmbChannelStart');
-      P.channel(Channel, 'VmbChannelStart').start();
+      liveChannel(Channel, 'VmbChannelStart').start();
     },
     VmbClientChannelInitSetRingBufferPageCount: (Channel, IncomingPageCount, OutgoingPageCount) => {
       live('VmbClientChannelInitSetRingBufferPageCount');
@@ -953,28 +941,22 @@ function buildTable(
 
   const serverOnly: KMCL_SERVER_ONLY_METHODS = {
     VmbChannelMapGpadl: (Channel, Flags, GpadlHandle) => {
-      live('VmbChannelMapGpadl');
-      return P.channel(Channel, 'VmbChannelMapGpadl').mapGpadl(Flags, GpadlHandle);
+      return liveChannel(Channel, 'VmbChannelMapGpadl').mapGpadl(Flags, GpadlHandle);
     },
     VmbChannelRestoreFromBuffer: (Channel, Buffer, BufferSize) => {
-      live('VmbChannelRestoreFromBuffer');
-      return P.channel(Channel, 'VmbChannelRestoreFromBuffer').restoreFromBuffer(Buffer, BufferSize);
+      return liveChannel(Channel, 'VmbChannelRestoreFromBuffer').restoreFromBuffer(Buffer, BufferSize);
     },
     VmbChannelSaveBegin: (Channel) => {
-      live('VmbChannelSaveBegin');
-      return P.channel(Channel, 'VmbChannelSaveBegin').saveBegin();
+      return liveChannel(Channel, 'VmbChannelSaveBegin').saveBegin();
     },
     VmbChannelSaveContinue: (Channel, SaveBuffer, SaveBufferSize) => {
-      live('VmbChannelSaveContinue');
-      return P.channel(Channel, 'VmbChannelSaveContinue').saveContinue(SaveBuffer, SaveBufferSize);
+      return liveChannel(Channel, 'VmbChannelSaveContinue').saveContinue(SaveBuffer, SaveBufferSize);
     },
     VmbChannelSaveEnd: (Channel) => {
-      live('VmbChannelSaveEnd');
-      P.channel(Channel, 'VmbChannelSaveEnd').saveEnd();
+      liveChannel(Channel, 'VmbChannelSaveEnd').saveEnd();
     },
     VmbChannelUnmapGpadl: (Channel, GpadlHandle) => {
-      live('VmbChannelUnmapGpadl');
-      P.channel(Channel, 'VmbChannelUnmapGpadl').unmapGpadl(GpadlHandle);
+      liveChannel(Channel, 'VmbChannelUnmapGpadl').unmapGpadl(GpadlHandle);
     },
     VmbConvertVmbusHandleToKernelHandle: (VmbusHandle) => {
       live('VmbConvertVmbusHandleToKernelHandle');
