@@ -10,9 +10,10 @@ import { buildReport, renderReport, type Suite, type SuiteReport } from './harne
 import { kmclSuite } from './kmcl.js';
 import { kmclRoundTripSuite } from './kmcl-roundtrip.js';
 import { ringSuite } from './ring.js';
+import { servicingSuite } from './servicing.js';
 
 /** Every suite, in the order they run. */
-export const SUITES: readonly Suite[] = [ringSuite, busSuite, kmclSuite, kmclRoundTripSuite];
+export const SUITES: readonly Suite[] = [ringSuite, busSuite, kmclSuite, kmclRoundTripSuite, servicingSuite];
 
 interface Args {
   json: boolean;

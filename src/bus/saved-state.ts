@@ -3,19 +3,29 @@
 // in. The layout is a 16-byte header (magic 'VMBS', format version, body length, CRC-32 of the
 // body) followed by a self-describing encoding of plain data (null, booleans, numbers, strings,
 // byte arrays, arrays, objects), documented in docs/servicing.md. A refusal is a
-// BusSavedStateError with a code. Restoring a VmbusServer from the decoded state is not written
-// yet (see docs/servicing.md). The CRC-32 here is also used by the KMCL's channel saved state.
+// BusSavedStateError with a code. The host's whole VMBus for one partition (server state plus
+// where the host's SynIC end stood, magic 'VMBH') uses the same layout. VmbusServer.restore
+// rebuilds a server from the decoded state. The CRC-32 here is also used by the KMCL's channel
+// saved state.
 
+import type { HvHostEndSavedState } from '../hv/end.js';
 import { SERVER_STATE_VERSION, type ServerChannelPhase, type ServerState } from './server-state.js';
 
 /** 'VMBS' read as a little-endian u32. */
 export const BUS_SAVED_STATE_MAGIC = 0x5342_4d56;
 export const BUS_SAVED_STATE_VERSION = 1;
 export const BUS_SAVED_STATE_HEADER_SIZE = 16;
+/** 'VMBH' read as a little-endian u32: a partition's host VMBus (server + SynIC end). */
+export const HOST_VMBUS_SAVED_STATE_MAGIC = 0x4842_4d56;
 const MAX_DEPTH = 16;
 const MAX_BODY = 1 << 28;
 
-export type BusSavedStateErrorCode = 'truncated' | 'corrupt' | 'version' | 'shape';
+/**
+ * `truncated`, `corrupt` (bad magic, length or checksum), `version` (another format), `shape`
+ * (fields missing, of the wrong kind, or inconsistent), `memory` (the state does not match the
+ * guest's memory it is restored over).
+ */
+export type BusSavedStateErrorCode = 'truncated' | 'corrupt' | 'version' | 'shape' | 'memory';
 
 /** A saved server state that cannot be used. */
 export class BusSavedStateError extends Error {
@@ -387,15 +397,31 @@ function checkConsistency(s: ServerState): void {
 // ---------------------------------------------------------------------------------------------
 // Public API
 
-/** Encodes a server state (from VmbusServer.saveState) with its header. */
-export function encodeServerSavedState(state: ServerState): Uint8Array {
+/** The host's VMBus for one partition, as a servicing image holds it. */
+export interface HostVmbusSavedState {
+  /** The VMBus server (VmbusServer.saveState). */
+  readonly server: ServerState;
+  /** Where the host's SynIC end stood (HvHostEnd.detach). */
+  readonly link: HvHostEndSavedState;
+}
+
+const linkState = obj({
+  kind: oneOf('hv-host-end'),
+  version: uint,
+  toHostReadIndex: uint,
+  toGuestWriteIndex: uint,
+  ports: arr(obj({ slot: uint, connectionId: uint, kinds: uint })),
+  deletedSlots: arr(uint),
+});
+
+function encodeWithHeader(magic: number, value: unknown): Uint8Array {
   const o = new Out();
   o.room(BUS_SAVED_STATE_HEADER_SIZE);
   o.pos = BUS_SAVED_STATE_HEADER_SIZE;
-  put(o, state, 0);
+  put(o, value, 0);
   const out = o.buf.slice(0, o.pos);
   const dv = new DataView(out.buffer);
-  dv.setUint32(0, BUS_SAVED_STATE_MAGIC, true);
+  dv.setUint32(0, magic, true);
   dv.setUint16(4, BUS_SAVED_STATE_VERSION, true);
   dv.setUint16(6, BUS_SAVED_STATE_HEADER_SIZE, true);
   dv.setUint32(8, out.length - BUS_SAVED_STATE_HEADER_SIZE, true);
@@ -403,31 +429,60 @@ export function encodeServerSavedState(state: ServerState): Uint8Array {
   return out;
 }
 
-/** Decodes and checks a saved server state; throws BusSavedStateError. */
-export function decodeServerSavedState(data: Uint8Array): ServerState {
+function decodeWithHeader(magic: number, data: Uint8Array, what: string): unknown {
+  if (!(data instanceof Uint8Array)) throw new BusSavedStateError('corrupt', `${what} is not bytes`);
   if (data.length < BUS_SAVED_STATE_HEADER_SIZE)
-    throw new BusSavedStateError('truncated', 'saved server state is shorter than its header');
+    throw new BusSavedStateError('truncated', `${what} is shorter than its header`);
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-  if (dv.getUint32(0, true) !== BUS_SAVED_STATE_MAGIC) throw new BusSavedStateError('corrupt', 'bad magic');
+  if (dv.getUint32(0, true) !== magic) throw new BusSavedStateError('corrupt', `${what}: bad magic`);
   const version = dv.getUint16(4, true);
   if (version !== BUS_SAVED_STATE_VERSION)
-    throw new BusSavedStateError('version', `saved server state format ${version} is not supported`);
+    throw new BusSavedStateError('version', `${what}: format ${version} is not supported`);
   if (dv.getUint16(6, true) !== BUS_SAVED_STATE_HEADER_SIZE)
-    throw new BusSavedStateError('corrupt', 'bad header size');
+    throw new BusSavedStateError('corrupt', `${what}: bad header size`);
   const length = dv.getUint32(8, true);
-  if (length > MAX_BODY) throw new BusSavedStateError('corrupt', `body of ${length} bytes`);
+  if (length > MAX_BODY) throw new BusSavedStateError('corrupt', `${what}: body of ${length} bytes`);
   if (data.length - BUS_SAVED_STATE_HEADER_SIZE !== length)
     throw new BusSavedStateError(
       data.length - BUS_SAVED_STATE_HEADER_SIZE < length ? 'truncated' : 'corrupt',
-      'saved server state length mismatch',
+      `${what}: length mismatch`,
     );
   if (crc32(data, BUS_SAVED_STATE_HEADER_SIZE) !== dv.getUint32(12, true))
-    throw new BusSavedStateError('corrupt', 'saved server state checksum mismatch');
+    throw new BusSavedStateError('corrupt', `${what}: checksum mismatch`);
   const i = new In(data.subarray(BUS_SAVED_STATE_HEADER_SIZE));
   const v = i.value(0);
-  if (i.pos !== length) throw new BusSavedStateError('corrupt', 'trailing bytes');
+  if (i.pos !== length) throw new BusSavedStateError('corrupt', `${what}: trailing bytes`);
+  return v;
+}
+
+/** Encodes a server state (from VmbusServer.saveState) with its header. */
+export function encodeServerSavedState(state: ServerState): Uint8Array {
+  return encodeWithHeader(BUS_SAVED_STATE_MAGIC, state);
+}
+
+/** Decodes and checks a saved server state; throws BusSavedStateError. */
+export function decodeServerSavedState(data: Uint8Array): ServerState {
+  const v = decodeWithHeader(BUS_SAVED_STATE_MAGIC, data, 'saved server state');
   serverState(v, 'state');
   const s = v as ServerState;
   checkConsistency(s);
+  return s;
+}
+
+/** Encodes a partition's host VMBus (server state and SynIC end) with its header ('VMBH'). */
+export function encodeHostVmbusSavedState(state: HostVmbusSavedState): Uint8Array {
+  return encodeWithHeader(HOST_VMBUS_SAVED_STATE_MAGIC, { server: state.server, link: state.link });
+}
+
+/**
+ * Decodes and checks a partition's saved host VMBus; throws BusSavedStateError. What only the
+ * partition can tell (memory, the link's size) is checked when it is restored.
+ */
+export function decodeHostVmbusSavedState(data: Uint8Array): HostVmbusSavedState {
+  const v = decodeWithHeader(HOST_VMBUS_SAVED_STATE_MAGIC, data, 'saved host VMBus state');
+  obj({ server: serverState, link: linkState })(v, 'state');
+  const s = v as HostVmbusSavedState;
+  if (s.link.version !== 1) throw new BusSavedStateError('version', `SynIC end state version ${s.link.version}`);
+  checkConsistency(s.server);
   return s;
 }

@@ -139,6 +139,7 @@ import {
 } from '../wire/messages.js';
 import type { GpaRange } from '../wire/packets.js';
 import { BusError, BusProtocolError, type BusProtocolErrorCode } from './errors.js';
+import { BusSavedStateError } from './saved-state.js';
 import { Listeners, rethrowLater, type Unsubscribe } from './events.js';
 import {
   initialServerState,
@@ -361,6 +362,13 @@ export class VmbusServer {
   private disposed = false;
   /** A message's handling is waiting for the upper layer; later ones wait in st.inbox. */
   private busy = false;
+  /**
+   * Servicing: restored channels no upper layer has claimed yet (offerId -> whether the guest
+   * signalled meanwhile). Non-null from VmbusServer.restore until finishRestore.
+   */
+  private unclaimed: Map<number, boolean> | null = null;
+  /** Servicing: mappings the previous instance held on GPADLs being torn down (gpadlId -> count). */
+  private readonly restoredMapCounts = new Map<number, number>();
 
   private readonly protocolErrors = new Listeners<BusProtocolError>((e) => this.handlerError(e));
   private readonly connectListeners = new Listeners<ServerConnectInfo>((e) => this.handlerError(e));
@@ -370,7 +378,15 @@ export class VmbusServer {
   private readonly onMessage1 = (m: HvMessage): void => this.receive(m, false);
   private readonly onMessage4 = (m: HvMessage): void => this.receive(m, true);
 
-  constructor(link: HvHostEnd, memory: GuestMemory, options: VmbusServerOptions = {}) {
+  constructor(link: HvHostEnd, memory: GuestMemory, options?: VmbusServerOptions);
+  /** @internal VmbusServer.restore */
+  constructor(link: HvHostEnd, memory: GuestMemory, options: VmbusServerOptions, restored: ServerState);
+  constructor(
+    link: HvHostEnd,
+    memory: GuestMemory,
+    options: VmbusServerOptions = {},
+    restored: ServerState | null = null,
+  ) {
     this.link = link;
     this.memory = memory;
     this.hostView = options.hostView ?? new HostMemoryView(memory);
@@ -392,6 +408,11 @@ export class VmbusServer {
     this.vpCount = options.vpCount ?? 64;
     this.tracer = options.tracer;
     this.tlConnectHook = options.onTlConnectRequest;
+    if (restored !== null) {
+      // Checked completely before anything is registered on the link.
+      const plan = this.checkRestoredState(restored);
+      this.adoptRestoredState(restored, plan);
+    }
     link.onMessage(VMBUS_MESSAGE_CONNECTION_ID, this.onMessage1);
     if (this.versions.some((v) => v >= VERSION_WIN10_V5)) {
       link.onMessage(VMBUS_MESSAGE_CONNECTION_ID_4, this.onMessage4);
@@ -413,13 +434,16 @@ export class VmbusServer {
   /**
    * Servicing: a deep copy of the whole state (encode it with saved-state.ts), or the reason it
    * cannot be taken now. Only a quiescent server can be saved: no guest message waiting for the
-   * upper layer, no open or close in progress, no GPADL teardown hook running, not disconnecting.
-   * Restoring a server from it is not written yet (docs/servicing.md).
+   * upper layer, no open or close in progress, no GPADL teardown hook running, not disconnecting,
+   * no message to the guest waiting for queue space. Restore with VmbusServer.restore.
    */
   saveState(): { ok: true; state: ServerState } | { ok: false; reason: string } {
     const st = this.st;
     if (this.disposed) return { ok: false, reason: 'the server was disposed' };
+    if (this.unclaimed !== null) return { ok: false, reason: 'the server is still being restored' };
     if (this.busy || st.inbox.length > 0) return { ok: false, reason: 'a guest message is being handled' };
+    if (this.link.pendingPosts > 0)
+      return { ok: false, reason: 'messages to the guest still wait for queue space' };
     if (st.connection.kind === 'disconnecting')
       return { ok: false, reason: 'the connection is being torn down' };
     if (this.pendingOpens.size > 0 || this.closing.size > 0)
@@ -432,6 +456,124 @@ export class VmbusServer {
       if (g.teardownHook === 'running') return { ok: false, reason: `GPADL ${g.gpadlId} is being torn down` };
     }
     return { ok: true, state: structuredClone(st) };
+  }
+
+  /**
+   * Servicing: a server for the same guest partition rebuilt from a saved state (from saveState,
+   * typically through encode/decodeServerSavedState) in a new host instance, over a host end that
+   * took over the link (`attachHvHost(descriptor, { resume })`). The state is checked against this
+   * partition's memory and the limits first; a state that does not fit throws BusSavedStateError
+   * and leaves the link untouched. The guest sees nothing: no message is sent.
+   *
+   * The restored server holds every guest message and signal until `finishRestore()`. In between,
+   * the upper layer claims its channels (`claimChannel`) and re-takes its GPADL mappings; at
+   * finishRestore the channels nobody claimed are rescinded (as OpenVMM does).
+   */
+  static restore(
+    link: HvHostEnd,
+    memory: GuestMemory,
+    state: ServerState,
+    options: VmbusServerOptions = {},
+  ): VmbusServer {
+    const server = new VmbusServer(link, memory, options, structuredClone(state));
+    return server;
+  }
+
+  /** Whether the server is between VmbusServer.restore and finishRestore. */
+  get restoring(): boolean {
+    return this.unclaimed !== null;
+  }
+
+  /**
+   * Servicing: the upper layer takes over a restored channel (by interface type, instance and
+   * subchannel index) with its handler. Returns the channel's handle, or null if no unclaimed
+   * restored channel matches. A signal the guest sent while the channel was unclaimed is
+   * delivered to the handler's onGuestSignal right after.
+   */
+  claimChannel(
+    match: { interfaceType: Guid; interfaceInstance: Guid; subChannelIndex?: number },
+    handler: ServerChannelHandler,
+  ): ServerChannelHandle | null {
+    this.checkNotDisposed();
+    const unclaimed = this.unclaimed;
+    if (unclaimed === null) return null;
+    if (handler === null || typeof handler !== 'object' || typeof handler.onOpen !== 'function') {
+      throw new TypeError('claimChannel: the handler needs at least onOpen and onClose');
+    }
+    if (typeof handler.onClose !== 'function') throw new TypeError('claimChannel: the handler needs onClose');
+    const type = match.interfaceType.toString();
+    const instance = match.interfaceInstance.toString();
+    const index = match.subChannelIndex ?? 0;
+    const ch = this.st.channels.find(
+      (c) =>
+        unclaimed.has(c.offerId) &&
+        c.offer.interfaceType === type &&
+        c.offer.interfaceInstance === instance &&
+        c.offer.subChannelIndex === index,
+    );
+    if (ch === undefined) return null;
+    const signalled = unclaimed.get(ch.offerId)!;
+    unclaimed.delete(ch.offerId);
+    this.handlers.set(ch.offerId, handler);
+    if (ch.phase === 'open') {
+      const onSignal = handler.onGuestSignal?.bind(handler) ?? (() => {});
+      this.link.onEvent(ch.open!.connectionId, onSignal);
+      if (signalled) queueMicrotask(() => (this.byRelid.get(ch.relid) === ch ? onSignal() : undefined));
+    }
+    return this.handleOf(ch);
+  }
+
+  /** Servicing: restored channels that no upper layer has claimed yet. */
+  unclaimedChannels(): ServerChannelHandle[] {
+    const unclaimed = this.unclaimed;
+    if (unclaimed === null) return [];
+    return this.st.channels.filter((c) => unclaimed.has(c.offerId)).map((c) => this.handleOf(c));
+  }
+
+  /**
+   * Servicing: ends the restore. Channels nobody claimed are rescinded (the returned promise
+   * resolves when the guest has released them, or at once if nothing was rescinded), ports the
+   * previous host end had and nobody uses any more are dropped, GPADL teardowns that waited for
+   * the previous instance's unmaps go on, and the guest messages that arrived meanwhile are
+   * handled in order.
+   */
+  finishRestore(): Promise<void> {
+    this.checkNotDisposed();
+    const unclaimed = this.unclaimed;
+    if (unclaimed === null) return Promise.resolve();
+    this.unclaimed = null;
+    const revokes: Promise<void>[] = [];
+    for (const ch of [...this.st.channels]) {
+      if (!unclaimed.has(ch.offerId)) continue;
+      revokes.push(this.revokeOffer(this.handleOf(ch)).catch(() => undefined));
+    }
+    this.link.dropUnclaimedPorts();
+    this.restoredMapCounts.clear();
+    for (const g of [...this.st.gpadls]) if (g.phase === 'tearing-down') this.continueTeardown(g);
+    this.busy = false;
+    this.drainInbox();
+    return Promise.all(revokes).then(() => undefined);
+  }
+
+  /**
+   * Servicing: after saveState (and after the host end was detached), this instance stops for
+   * good WITHOUT telling the guest or the upper layer anything: no close, no rescind, no
+   * teardown. Its own grants end (they belong to this host instance); everything the guest sees
+   * stays as saved, for the restored instance to take over.
+   */
+  handOff(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const set of this.mappings.values()) for (const m of set) m.revoke();
+    this.mappings.clear();
+    for (const grant of this.ringGrants.values()) grant.revoke();
+    this.ringGrants.clear();
+    this.openRings.clear();
+    this.signalRoutes.clear();
+    this.handlers.clear();
+    const error = new BusError('disposed', 'the VMBus server was handed off for servicing');
+    for (const list of this.revokeWaiters.values()) for (const w of list) w.reject(error);
+    this.revokeWaiters.clear();
   }
 
   /** The negotiated version, or null when not connected. */
@@ -644,7 +786,12 @@ export class VmbusServer {
     if (g === undefined || g.relid !== ch.relid) {
       throw new Error(`mapGpadl: channel ${ch.relid} has no GPADL ${gpadlId}`);
     }
-    if (g.phase !== 'created') throw new Error(`mapGpadl: GPADL ${gpadlId} is being torn down`);
+    if (g.phase !== 'created') {
+      // Servicing: the restored upper layer re-takes a mapping its previous instance held.
+      const held = this.unclaimed !== null ? (this.restoredMapCounts.get(gpadlId) ?? 0) : 0;
+      if (held === 0) throw new Error(`mapGpadl: GPADL ${gpadlId} is being torn down`);
+      this.restoredMapCounts.set(gpadlId, held - 1);
+    }
     const mdls: Mdl[] = g.ranges.map((r) => ({
       byteOffset: r.byteOffset,
       byteCount: r.byteCount,
@@ -702,6 +849,142 @@ export class VmbusServer {
     const error = new BusError('disposed', 'the VMBus server was disposed');
     for (const list of this.revokeWaiters.values()) for (const w of list) w.reject(error);
     this.revokeWaiters.clear();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Servicing: rebuilding from a saved state
+
+  /**
+   * Everything a restored state must satisfy beyond its shape (saved-state.ts checks that): that it
+   * fits this server's options and this partition's memory. Returns the rings of each open
+   * channel; throws BusSavedStateError('shape' or 'memory').
+   */
+  private checkRestoredState(st: ServerState): Map<number, ChannelRings> {
+    const bad = (code: 'shape' | 'memory', why: string): never => {
+      throw new BusSavedStateError(code, `saved server state does not fit: ${why}`);
+    };
+    const conn = st.connection;
+    if (conn.kind === 'disconnecting') bad('shape', 'the connection was being torn down');
+    if (conn.kind === 'connected') {
+      if (!this.versions.includes(conn.version)) bad('shape', `version 0x${conn.version.toString(16)} is not accepted`);
+      if ((conn.featureFlags & ~this.supportedFeatureFlags) !== 0) bad('shape', 'feature flags not supported');
+    }
+    if (st.channels.length > this.maxChannels) bad('shape', 'more channels than allowed');
+    if (st.gpadls.length > this.gpadlLimits.maxGpadls) bad('shape', 'more GPADLs than allowed');
+    if (st.incompleteGpadls.length > this.gpadlLimits.maxInProgress) bad('shape', 'too many GPADLs in progress');
+    let lastRelid = 0;
+    for (const c of st.channels) {
+      const where = `channel ${c.relid}`;
+      if (c.relid <= lastRelid || c.relid > MAX_RELID) bad('shape', `${where}: relids must ascend within 1..${MAX_RELID}`);
+      lastRelid = c.relid;
+      if (c.connectionId !== SERVER_CONNECTION_ID_BASE + c.relid) bad('shape', `${where}: connection id`);
+      if (c.phase === 'opening' || c.phase === 'closing' || c.reopen !== null || c.revoking)
+        bad('shape', `${where} was ${c.phase} (only a quiescent server is saved)`);
+      if (conn.kind !== 'connected' && c.phase !== 'unsent')
+        bad('shape', `${where} is ${c.phase} without a connection`);
+      if (conn.kind === 'connected' && !conn.offersSent && c.phase !== 'unsent')
+        bad('shape', `${where} is ${c.phase} before offers were sent`);
+      try {
+        Guid.parse(c.offer.interfaceType);
+        Guid.parse(c.offer.interfaceInstance);
+      } catch {
+        bad('shape', `${where}: interface GUIDs`);
+      }
+      if (c.offer.userDefined.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user-defined area`);
+      for (const [name, v] of [
+        ['channelFlags', c.offer.channelFlags],
+        ['mmioMegabytes', c.offer.mmioMegabytes],
+        ['mmioMegabytesOptional', c.offer.mmioMegabytesOptional],
+        ['subChannelIndex', c.offer.subChannelIndex],
+      ] as const) {
+        if (v > 0xffff) bad('shape', `${where}: ${name} is not a u16`);
+      }
+    }
+    const pages = this.memory.pageCount;
+    const gpadls = new Map<number, ServerGpadlState>();
+    for (const g of st.gpadls) {
+      const where = `GPADL ${g.gpadlId}`;
+      if (g.gpadlId === 0) bad('shape', 'GPADL id 0');
+      if (g.teardownHook === 'running') bad('shape', `${where}: its teardown hook was running`);
+      if (g.rangeCount === 0 || g.rangeCount > this.gpadlLimits.maxRanges) bad('shape', `${where}: range count`);
+      if (g.pfnCount > this.gpadlLimits.maxPfns || g.byteCount > this.gpadlLimits.maxBytes)
+        bad('shape', `${where}: larger than allowed`);
+      let bytes = 0;
+      for (const r of g.ranges) {
+        if (r.byteCount === 0 || r.byteOffset >= PAGE_SIZE) bad('shape', `${where}: a range's offset or size`);
+        if (r.pfns.length !== Math.ceil((r.byteOffset + r.byteCount) / PAGE_SIZE))
+          bad('shape', `${where}: a range's PFN count does not match its size`);
+        for (const pfn of r.pfns) if (pfn >= pages) bad('memory', `${where}: PFN ${pfn} is outside guest memory`);
+        bytes += r.byteCount;
+      }
+      if (bytes !== g.byteCount) bad('shape', `${where}: byte count`);
+      if (g.phase === 'created' && g.mapCount > 0 && g.teardownHook !== 'none')
+        bad('shape', `${where}: created but its teardown ran`);
+      gpadls.set(g.gpadlId, g);
+    }
+    for (const inc of st.incompleteGpadls) {
+      if (inc.gpadlId === 0 || inc.rangeCount === 0 || inc.rangeCount > this.gpadlLimits.maxRanges)
+        bad('shape', `GPADL ${inc.gpadlId} in progress`);
+      if (inc.buf.length > 0xffff) bad('shape', `GPADL ${inc.gpadlId} in progress: range buffer`);
+    }
+    const rings = new Map<number, ChannelRings>();
+    const connectionIds = new Set<number>();
+    for (const c of st.channels) {
+      if (c.phase !== 'open') continue;
+      const o = c.open!;
+      const where = `open channel ${c.relid}`;
+      const g = gpadls.get(o.ringGpadlId);
+      if (g === undefined || g.relid !== c.relid) bad('shape', `${where}: ring GPADL ${o.ringGpadlId} is not its own`);
+      const r = g!.ranges[0]!;
+      if (g!.rangeCount !== 1 || r.byteOffset !== 0 || r.byteCount !== r.pfns.length * PAGE_SIZE)
+        bad('shape', `${where}: the ring GPADL is not one range of whole pages`);
+      if (o.eventFlag === 0 || o.eventFlag > MAX_RELID) bad('shape', `${where}: event flag ${o.eventFlag}`);
+      if (o.connectionId <= 4 || o.connectionId > 0xffffff || connectionIds.has(o.connectionId))
+        bad('shape', `${where}: connection id 0x${o.connectionId.toString(16)}`);
+      connectionIds.add(o.connectionId);
+      if (o.userData.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user data`);
+      try {
+        rings.set(c.offerId, channelRingsFromGpadl(this.memory, r.pfns, o.downstreamPageOffset));
+      } catch (error) {
+        if (!(error instanceof RingError) && !(error instanceof RangeError)) throw error;
+        bad('memory', `${where}: ${(error as Error).message}`);
+      }
+    }
+    return rings;
+  }
+
+  /** Takes a checked saved state as this server's own (see restore). Registers nothing yet on the link but signals. */
+  private adoptRestoredState(st: ServerState, rings: Map<number, ChannelRings>): void {
+    Object.assign(this.st, st);
+    this.unclaimed = new Map();
+    this.busy = true; // guest messages wait in st.inbox until finishRestore
+    const unclaimedHandler: ServerChannelHandler = {
+      onOpen: () => VMBUS_STATUS_UNSUCCESSFUL,
+      onClose: () => {},
+    };
+    for (const g of this.st.gpadls) {
+      this.gpadlById.set(g.gpadlId, g);
+      // Mappings belonged to the previous instance; the upper layer re-takes the ones it keeps.
+      if (g.phase === 'tearing-down' && g.mapCount > 0) this.restoredMapCounts.set(g.gpadlId, g.mapCount);
+      g.mapCount = 0;
+    }
+    for (const inc of this.st.incompleteGpadls) this.incompleteById.set(inc.gpadlId, inc);
+    for (const ch of this.st.channels) {
+      this.byRelid.set(ch.relid, ch);
+      this.handlers.set(ch.offerId, unclaimedHandler);
+      this.unclaimed.set(ch.offerId, false);
+      const r = rings.get(ch.offerId);
+      if (r === undefined) continue;
+      const g = this.gpadlById.get(ch.open!.ringGpadlId)!;
+      this.ringGrants.set(ch.offerId, this.hostView.grant(g.ranges[0]!.pfns, { label: `ring of channel ${ch.relid}` }));
+      this.openRings.set(ch.offerId, r);
+      const offerId = ch.offerId;
+      const unclaimed = this.unclaimed;
+      this.link.onEvent(ch.open!.connectionId, () => {
+        if (unclaimed.has(offerId)) unclaimed.set(offerId, true);
+      });
+      this.signalRoutes.set(offerId, ch.open!.connectionId);
+    }
   }
 
   // ------------------------------------------------------------------------------------------

@@ -93,6 +93,33 @@ export interface HvEndOptions {
   readonly polling?: boolean;
 }
 
+/**
+ * Where a host end stood when it was detached for servicing (plain data): the positions in both
+ * message queues and the host's private copy of the port table. A new host end attached with it
+ * takes over the link as if it had been there all along.
+ */
+export interface HvHostEndSavedState {
+  readonly kind: 'hv-host-end';
+  readonly version: 1;
+  /** Next slot the host reads in the guest-to-host queue. */
+  readonly toHostReadIndex: number;
+  /** Next slot the host writes in the host-to-guest queue. */
+  readonly toGuestWriteIndex: number;
+  /** Every registered port: its table slot, connection id and kind bits (1 message, 2 event). */
+  readonly ports: readonly { readonly slot: number; readonly connectionId: number; readonly kinds: number }[];
+  /** Table slots holding a deleted key (they keep the guest's probe chains intact). */
+  readonly deletedSlots: readonly number[];
+}
+
+export interface HvHostEndOptions extends HvEndOptions {
+  /**
+   * Servicing: take over a link whose previous host end was detached with `detach()`. Nothing is
+   * processed before the attaching code returns to the event loop (cross-thread) or the scheduler
+   * runs (same-thread), so register the handlers synchronously after attaching.
+   */
+  readonly resume?: HvHostEndSavedState;
+}
+
 interface PendingPost {
   readonly port: number;
   readonly messageType: number;
@@ -302,6 +329,73 @@ export abstract class HvEnd implements HvSchedulable {
     const peer = this.peerLocal;
     if (peer !== null && !peer.closedLocally) this.scheduler!.schedule(peer);
     this.handleClosed();
+  }
+
+  /**
+   * Servicing: this end stops (its handlers are never called again, its calls fail as on a
+   * closed link) WITHOUT closing the link: the peer notices nothing, and what it posts or signals
+   * meanwhile waits in the shared queues for the next end. Throws if posts of this end still wait
+   * for queue space (let them drain first) or the link is closed.
+   */
+  protected detachQueues(): { readIndex: number; writeIndex: number } {
+    if (this.isClosed()) throw new HvError(HV_STATUS_INVALID_PARTITION_STATE, 'the partition link is closed');
+    if (this.inService) throw new Error('detach: not from inside a handler of this end');
+    if (this.pendingHead !== this.pending.length) {
+      throw new HvError(
+        HV_STATUS_INSUFFICIENT_BUFFERS,
+        `detach: ${this.pending.length - this.pendingHead} posts still wait for queue space`,
+      );
+    }
+    this.closedLocally = true;
+    Atomics.store(this.ctrl, this.myWake + W_WANT_SPACE, 0);
+    Atomics.store(this.ctrl, this.myWake + W_SLEEPING, 0);
+    if (this.keepAlive !== null) {
+      clearInterval(this.keepAlive);
+      this.keepAlive = null;
+    }
+    // Release our own wait loop; the doorbell only ever grows, so the next end loses nothing.
+    Atomics.add(this.ctrl, this.myWake + W_DOORBELL, 1);
+    Atomics.notify(this.ctrl, this.myWake + W_DOORBELL);
+    this.closeHandlers.length = 0;
+    return { readIndex: this.readIndex, writeIndex: this.writeIndex };
+  }
+
+  /** Servicing: continue the queues where a detached end of this side left them. */
+  protected resumeQueues(readIndex: number, writeIndex: number): void {
+    for (const [name, v] of [
+      ['read index', readIndex],
+      ['write index', writeIndex],
+    ] as const) {
+      if (!Number.isInteger(v) || v < 0 || v >= this.slots) {
+        throw new HvError(HV_STATUS_INVALID_PARAMETER, `resume: ${name} ${v} is not a slot of the queue`);
+      }
+    }
+    this.readIndex = readIndex;
+    this.writeIndex = writeIndex;
+  }
+
+  /**
+   * Same-thread servicing: wires a new end in place of a detached one, to the peer and the
+   * scheduler the detached end had.
+   */
+  static replaceSameThread(detached: HvEnd, replacement: HvEnd): void {
+    const peer = detached.peerLocal;
+    if (!detached.closedLocally || peer === null || peer.peerLocal !== detached || detached.scheduler === null) {
+      throw new Error('replaceSameThread: needs a detached end of a same-thread pair');
+    }
+    if (replacement.side !== detached.side || replacement.ctrl.buffer !== detached.ctrl.buffer) {
+      throw new Error('replaceSameThread: the replacement must be the same side of the same link');
+    }
+    if (replacement.loopRunning || replacement.scheduler) {
+      throw new Error('replaceSameThread: the replacement is already attached to a transport');
+    }
+    const scheduler = detached.scheduler;
+    replacement.scheduler = scheduler;
+    replacement.peerLocal = peer;
+    peer.peerLocal = replacement;
+    detached.peerLocal = null;
+    scheduler.schedule(replacement);
+    scheduler.schedule(peer);
   }
 
   /** Cross-thread ends keep their thread alive while open (like a socket); `unref()` stops that. */
@@ -624,7 +718,7 @@ export class HvHostEnd extends HvEnd {
   /** Attaches the host side; prefer `attachHvHost` / `createSameThreadLink`. */
   constructor(
     descriptor: HvLinkDescriptor,
-    options: HvEndOptions = {},
+    options: HvHostEndOptions = {},
     transport: 'atomics' | 'none' = 'atomics',
   ) {
     super(descriptor, 'host', options);
@@ -633,7 +727,95 @@ export class HvHostEnd extends HvEnd {
     this.localKeys = new Int32Array(descriptor.portCapacity);
     this.localKinds = new Int32Array(descriptor.portCapacity);
     this.eventHandlers = new Array(descriptor.portCapacity);
+    if (options.resume !== undefined) this.resume(options.resume);
     if (transport === 'atomics') this.startAtomics();
+  }
+
+  /**
+   * Servicing: stops this end without closing the link (see HvEnd.detachQueues) and returns what
+   * a new host end needs to take over (`attachHvHost(descriptor, { resume })`). The ports stay
+   * registered meanwhile: the guest's posts and signals are accepted and wait for the new end.
+   */
+  detach(): HvHostEndSavedState {
+    const q = this.detachQueues();
+    const ports: { slot: number; connectionId: number; kinds: number }[] = [];
+    const deletedSlots: number[] = [];
+    for (let slot = 0; slot < this.table.capacity; slot++) {
+      const key = this.localKeys[slot]!;
+      if (key === PORT_KEY_DELETED) deletedSlots.push(slot);
+      else if (key !== PORT_KEY_EMPTY) ports.push({ slot, connectionId: key - 1, kinds: this.localKinds[slot]! });
+    }
+    this.messageHandlers.clear();
+    this.eventHandlers.fill(undefined);
+    return {
+      kind: 'hv-host-end',
+      version: 1,
+      toHostReadIndex: q.readIndex,
+      toGuestWriteIndex: q.writeIndex,
+      ports,
+      deletedSlots,
+    };
+  }
+
+  /** Connection ids registered in the port table that no handler listens on (after a resume). */
+  unclaimedPorts(): number[] {
+    const out: number[] = [];
+    for (const [connectionId, slot] of this.slotByConnection) {
+      const kinds = this.localKinds[slot]!;
+      const msg = (kinds & PORT_MESSAGE) !== 0 && !this.messageHandlers.has(connectionId);
+      const ev = (kinds & PORT_EVENT) !== 0 && this.eventHandlers[slot] === undefined;
+      if (msg || ev) out.push(connectionId);
+    }
+    return out;
+  }
+
+  /** Servicing: unregisters every port kind (message, event) that has no handler after a resume. */
+  dropUnclaimedPorts(): void {
+    for (const connectionId of this.unclaimedPorts()) {
+      if (!this.messageHandlers.has(connectionId)) this.setPortKind(connectionId, PORT_MESSAGE, false);
+      const slot = this.slotByConnection.get(connectionId);
+      if (slot !== undefined && this.eventHandlers[slot] === undefined)
+        this.setPortKind(connectionId, PORT_EVENT, false);
+    }
+  }
+
+  private resume(saved: HvHostEndSavedState): void {
+    const fail = (why: string): never => {
+      throw new HvError(HV_STATUS_INVALID_PARAMETER, `resume: ${why}`);
+    };
+    if (saved === null || typeof saved !== 'object' || saved.kind !== 'hv-host-end' || saved.version !== 1)
+      fail('not an HvHostEndSavedState of version 1');
+    if (!Array.isArray(saved.ports) || !Array.isArray(saved.deletedSlots)) fail('ports are not arrays');
+    const capacity = this.table.capacity;
+    const slotOk = (slot: unknown): slot is number =>
+      Number.isInteger(slot) && (slot as number) >= 0 && (slot as number) < capacity;
+    const keys = new Int32Array(capacity);
+    const kinds = new Int32Array(capacity);
+    const byConnection = new Map<number, number>();
+    for (const p of saved.ports) {
+      if (p === null || typeof p !== 'object' || !slotOk(p.slot)) fail('a port slot is outside the table');
+      const id = p.connectionId;
+      if (!Number.isInteger(id) || id < 0 || id > HV_CONNECTION_ID_MAX) fail(`connection id ${id}`);
+      if (p.kinds !== PORT_MESSAGE && p.kinds !== PORT_EVENT && p.kinds !== (PORT_MESSAGE | PORT_EVENT))
+        fail(`port kinds ${p.kinds}`);
+      if (keys[p.slot] !== PORT_KEY_EMPTY || byConnection.has(id)) fail(`port ${id} or slot ${p.slot} repeats`);
+      keys[p.slot] = id + 1;
+      kinds[p.slot] = p.kinds;
+      byConnection.set(id, p.slot);
+    }
+    for (const slot of saved.deletedSlots) {
+      if (!slotOk(slot) || keys[slot] !== PORT_KEY_EMPTY) fail('a deleted slot is outside the table or taken');
+      keys[slot] = PORT_KEY_DELETED;
+    }
+    this.resumeQueues(saved.toHostReadIndex, saved.toGuestWriteIndex);
+    this.localKeys.set(keys);
+    this.localKinds.set(kinds);
+    for (const [id, slot] of byConnection) this.slotByConnection.set(id, slot);
+    // The host's copy is the authority: the shared table is rewritten from it (kind before key).
+    for (let slot = 0; slot < capacity; slot++) {
+      Atomics.store(this.ctrl, this.table.kinds + slot, kinds[slot]!);
+      Atomics.store(this.ctrl, this.table.keys + slot, keys[slot]!);
+    }
   }
 
   /**

@@ -4,7 +4,7 @@
 // numbers only) is what is handed to the guest's thread, which attaches with attachGuestPartition.
 
 import { DEFAULT_GUEST_MEMORY_BYTES, GuestMemory } from '../memory/guest-memory.js';
-import type { HvEndOptions, HvGuestEnd, HvHostEnd } from './end.js';
+import { type HvEndOptions, type HvGuestEnd, HvHostEnd, type HvHostEndSavedState } from './end.js';
 import { createHvLinkDescriptor, type HvLinkDescriptor, type HvLinkOptions } from './layout.js';
 import { attachHvGuest, attachHvHost, pairSameThread } from './link.js';
 import { HvScheduler } from './scheduler.js';
@@ -56,6 +56,11 @@ export class HostPartition {
 
   get isDestroyed(): boolean {
     return this.destroyed;
+  }
+
+  /** @internal by Hypervisor.detachPartition: the link stays open for the next host. */
+  markDetached(): void {
+    this.destroyed = true;
   }
 
   /** @internal by Hypervisor.destroyPartition */
@@ -127,6 +132,65 @@ export class Hypervisor {
   /** The partition a VMBus handle names (for VmbConvertVmbusHandleToKernelHandle). */
   partitionByVmbusHandle(vmbusHandle: number): HostPartition | undefined {
     return this.byHandle.get(vmbusHandle);
+  }
+
+  /**
+   * Servicing: the host side of the partition goes away WITHOUT the guest noticing. The host end
+   * is detached (the link stays open; what the guest posts or signals meanwhile waits), and this
+   * Hypervisor forgets the partition. Returns what a new host instance needs to take over with
+   * `adoptPartition`: the descriptor and where the host end stood. Throws (and changes nothing)
+   * if host posts still wait for queue space.
+   */
+  detachPartition(partitionId: number): { descriptor: HvPartitionDescriptor; link: HvHostEndSavedState } {
+    const partition = this.byId.get(partitionId);
+    if (!partition) throw new Error(`detachPartition: no partition ${partitionId}`);
+    const link = partition.host.detach();
+    this.byId.delete(partitionId);
+    this.byHandle.delete(partition.vmbusHandle);
+    partition.markDetached();
+    return { descriptor: partition.descriptor, link };
+  }
+
+  /**
+   * Servicing: takes over a partition a previous host instance detached (possibly in another
+   * thread: the descriptor holds only SharedArrayBuffers and numbers). The host end resumes where
+   * the detached one stood; register its handlers synchronously (VmbusServer.restore does).
+   * Same-thread transport: `replacing` is the detached host end, whose guest peer is re-paired.
+   */
+  adoptPartition(
+    descriptor: HvPartitionDescriptor,
+    resume: HvHostEndSavedState,
+    options: { replacing?: HvHostEnd } = {},
+  ): HostPartition {
+    if (descriptor === null || typeof descriptor !== 'object' || descriptor.kind !== 'hv-partition') {
+      throw new TypeError('not an HvPartitionDescriptor');
+    }
+    if (this.byId.has(descriptor.partitionId) || this.byHandle.has(descriptor.vmbusHandle)) {
+      throw new Error(`adoptPartition: partition ${descriptor.partitionId} is already here`);
+    }
+    const memory = new GuestMemory(descriptor.memory);
+    let host: HvHostEnd;
+    if (this.scheduler) {
+      if (options.replacing === undefined) throw new Error('adoptPartition: same-thread needs `replacing`');
+      host = new HvHostEnd(descriptor.link, { resume }, 'none');
+      HvHostEnd.replaceSameThread(options.replacing, host);
+    } else {
+      host = attachHvHost(descriptor.link, { resume });
+    }
+    const partition = new HostPartition(
+      descriptor.partitionId,
+      descriptor.vmbusHandle,
+      descriptor.name,
+      memory,
+      host,
+      null,
+      descriptor,
+    );
+    this.byId.set(descriptor.partitionId, partition);
+    this.byHandle.set(descriptor.vmbusHandle, partition);
+    this.nextPartitionId = Math.max(this.nextPartitionId, descriptor.partitionId + 1);
+    this.nextHandle = Math.max(this.nextHandle, descriptor.vmbusHandle + 4);
+    return partition;
   }
 
   /** Closes the partition's link (its guest sees the link closed) and forgets it. */

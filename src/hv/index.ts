@@ -9,6 +9,8 @@ export {
   type HvEventHandler,
   HvGuestEnd,
   HvHostEnd,
+  type HvHostEndOptions,
+  type HvHostEndSavedState,
   HvMessage,
   type HvMessageHandler,
 } from './end.js';

@@ -2,7 +2,7 @@
 // deterministic scheduler) and the cross-thread one (each side attaches from the descriptor's
 // SharedArrayBuffers in its own thread and is woken with Atomics.waitAsync / Atomics.notify).
 
-import { type HvEndOptions, HvGuestEnd, HvHostEnd } from './end.js';
+import { type HvEndOptions, HvGuestEnd, HvHostEnd, type HvHostEndOptions } from './end.js';
 import { createHvLinkDescriptor, type HvLinkDescriptor, type HvLinkOptions } from './layout.js';
 import { HvScheduler } from './scheduler.js';
 
@@ -48,7 +48,7 @@ export function pairSameThread(descriptor: HvLinkDescriptor, scheduler: HvSchedu
 }
 
 /** Attaches the host end of a cross-thread link (woken by Atomics.waitAsync; keeps the thread alive until closed or unref'd). */
-export function attachHvHost(descriptor: HvLinkDescriptor, options: HvEndOptions = {}): HvHostEnd {
+export function attachHvHost(descriptor: HvLinkDescriptor, options: HvHostEndOptions = {}): HvHostEnd {
   return new HvHostEnd(descriptor, options, 'atomics');
 }
 

@@ -39,6 +39,7 @@
 import type { ClientOffer, VmbusClientOptions } from '../bus/client.js';
 import { VmbusClient } from '../bus/client.js';
 import { BusError } from '../bus/errors.js';
+import { decodeHostVmbusSavedState, encodeHostVmbusSavedState } from '../bus/saved-state.js';
 import {
   type ServerChannelHandle,
   type ServerChannelHandler,
@@ -46,7 +47,7 @@ import {
   VmbusServer,
   type VmbusServerOptions,
 } from '../bus/server.js';
-import type { HvGuestEnd } from '../hv/end.js';
+import type { HvGuestEnd, HvHostEnd } from '../hv/end.js';
 import { attachGuestPartition, type HvPartitionDescriptor, type HvTransport } from '../hv/hypervisor.js';
 import { type HostPartition, type HvSchedulable, type HvScheduler, Hypervisor } from '../hv/index.js';
 import { PageAllocator } from '../memory/allocator.js';
@@ -64,7 +65,7 @@ import {
   VMBUS_CHANNEL_NAMED_PIPE_MODE,
   VMBUS_CHANNEL_TLNPI_PROVIDER_OFFER,
 } from '../wire/constants.js';
-import type { Guid } from '../wire/guid.js';
+import { Guid } from '../wire/guid.js';
 import type { GpaRange } from '../wire/packets.js';
 import {
   MAXIMUM_GPADL_PAGES,
@@ -292,6 +293,8 @@ export class BusKmclHost implements KmclHostBus {
   private readonly entries = new Map<number, HostEntry>();
   /** @internal Servicing: offers whose server released them, by partition, type and instance. */
   readonly releasedPorts = new Map<string, BusServerPort>();
+  /** Servicing: ports made for restored channels, by partition, until finishRestore. */
+  private readonly restoredPorts = new Map<number, BusServerPort[]>();
 
   constructor(hv: Hypervisor, options: BusKmclHostOptions = {}) {
     this.hv = hv;
@@ -350,6 +353,100 @@ export class BusKmclHost implements KmclHostBus {
     return n + this.queue.runPending();
   }
 
+  /**
+   * Servicing, the host side going away: saves the partition's host VMBus (the server's state and
+   * where the host's SynIC end stood) and detaches it without the guest noticing: no message is
+   * sent, the link stays open, the guest's rings, GPADLs and open channels stay as they are, and
+   * what the guest sends meanwhile waits. Save the KMCL channels first (VmbChannelSaveBegin ..
+   * SaveEnd): a channel that was not saved is rescinded when the host comes back.
+   *
+   * Waits (up to `timeoutMs`, default 10 s) until the server is quiescent (no guest message being
+   * handled, no open or close in progress, nothing waiting to be posted). Resolves to the
+   * partition's descriptor and the saved image for `adoptPartition` in the new host instance.
+   */
+  async detachPartition(
+    partitionId: number,
+    options: { timeoutMs?: number } = {},
+  ): Promise<{ descriptor: HvPartitionDescriptor; image: Uint8Array; hostEnd: HvHostEnd }> {
+    const e = this.entries.get(partitionId);
+    if (e === undefined || e.partition.isDestroyed) throw new Error(`detachPartition: no partition ${partitionId}`);
+    const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+    for (;;) {
+      const saved = e.server.saveState();
+      if (saved.ok) {
+        const hostEnd = e.partition.host;
+        const { descriptor, link } = this.hv.detachPartition(partitionId);
+        e.server.handOff();
+        this.entries.delete(partitionId);
+        for (const [key, port] of this.releasedPorts) {
+          if (!key.startsWith(`${partitionId}|`)) continue;
+          this.releasedPorts.delete(key);
+          port.handedOff();
+        }
+        this.restoredPorts.delete(partitionId);
+        return { descriptor, image: encodeHostVmbusSavedState({ server: saved.state, link }), hostEnd };
+      }
+      if (Date.now() > deadline) throw new Error(`detachPartition: the server cannot be saved: ${saved.reason}`);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+
+  /**
+   * Servicing, the host side coming back (typically in a new host instance, possibly a new
+   * thread): takes over a partition detached with detachPartition, from its descriptor and saved
+   * image. The image is checked completely (BusSavedStateError, and nothing changes, if it is
+   * corrupt, of another version, or does not match the partition's memory). The VMBus server is
+   * restored with every channel released, for the KMCL channels to reclaim with
+   * VmbChannelRestoreFromBuffer; call finishRestore once the VSPs are back. Same-thread transport:
+   * `replacing` is the detached host end.
+   */
+  adoptPartition(
+    descriptor: HvPartitionDescriptor,
+    image: Uint8Array,
+    options: { replacing?: HvHostEnd } = {},
+  ): VmbusServer {
+    const saved = decodeHostVmbusSavedState(image);
+    if (this.entries.has(descriptor.partitionId))
+      throw new Error(`adoptPartition: partition ${descriptor.partitionId} is already here`);
+    const partition = this.hv.adoptPartition(descriptor, saved.link, options);
+    let server: VmbusServer;
+    try {
+      server = VmbusServer.restore(partition.host, partition.memory, saved.server, {
+        ...this.options.server,
+        hostView: new HostMemoryView(partition.memory),
+      });
+    } catch (error) {
+      // Nothing was registered: hand the link back untouched.
+      this.hv.detachPartition(partition.partitionId);
+      throw error;
+    }
+    const entry: HostEntry = { partition, server };
+    this.entries.set(partition.partitionId, entry);
+    const ports: BusServerPort[] = [];
+    for (const c of saved.server.channels) {
+      const port = new BusServerPort(this, entry);
+      port.adoptRestored(c.offer.interfaceType, c.offer.interfaceInstance, c.offer.subChannelIndex);
+      ports.push(port);
+    }
+    this.restoredPorts.set(partition.partitionId, ports);
+    return server;
+  }
+
+  /**
+   * Servicing: the VSPs of an adopted partition are back. Restored channels that no KMCL channel
+   * reclaimed are rescinded (the guest closes them), and the server handles what the guest sent
+   * meanwhile. Resolves when the guest has released the rescinded channels.
+   */
+  async finishRestore(partitionId: number): Promise<void> {
+    const e = this.entries.get(partitionId);
+    if (e === undefined) throw new Error(`finishRestore: no partition ${partitionId}`);
+    const ports = this.restoredPorts.get(partitionId) ?? [];
+    this.restoredPorts.delete(partitionId);
+    const revokes: Promise<void>[] = [];
+    for (const port of ports) if (port.isUnreclaimed) revokes.push(port.revokeReleased());
+    await Promise.all([e.server.finishRestore(), ...revokes]);
+  }
+
   /** Disposes every server (open channels are closed with onClose('dispose')). */
   async dispose(): Promise<void> {
     await Promise.all([...this.entries.values()].map((e) => e.server.dispose()));
@@ -396,6 +493,67 @@ class BusServerPort implements ServerPort {
   ) {
     this.server = entry.server;
     this.hostView = entry.server.hostView;
+  }
+
+  /**
+   * Servicing: this port stands for a channel of a restored server, released (as if its KMCL
+   * channel had just saved it) until a KMCL channel reclaims it.
+   */
+  adoptRestored(interfaceType: string, interfaceInstance: string, subChannelIndex: number): void {
+    const handle = this.server.claimChannel(
+      { interfaceType: Guid.parse(interfaceType), interfaceInstance: Guid.parse(interfaceInstance), subChannelIndex },
+      this.handler,
+    );
+    if (handle === null) throw new Error(`adoptRestored: no restored channel ${interfaceType}/${interfaceInstance}`);
+    this.handle = handle;
+    const ch = this.server.state.channels.find((c) => c.offerId === handle.offerId)!;
+    this.mmioMb = ch.offer.mmioMegabytes;
+    this.mmioOptMb = ch.offer.mmioMegabytesOptional;
+    this.key = releaseKey(this.entry.partition.partitionId, interfaceType, interfaceInstance);
+    const rings = this.server.rings(handle);
+    if (ch.phase === 'open' && rings !== null) {
+      const server = this.server;
+      try {
+        const data = new BusDataPath(
+          this.host.queue,
+          new RingWriter(rings.hostToGuest),
+          new RingReader(rings.guestToHost),
+          server.hostView,
+          server.memory.pageCount,
+          () => server.signalGuest(handle),
+        );
+        this.data = data;
+        this.openData = { data, mmio: mmioFor(handle.relid, this.mmioMb, this.mmioOptMb) };
+      } catch (e) {
+        // The guest scribbled on its ring indices: the KMCL channel's restore is refused.
+        if (!(e instanceof RingError)) throw e;
+      }
+    }
+    this.released = true;
+    if (subChannelIndex === 0) this.host.releasedPorts.set(this.key, this);
+  }
+
+  /** Servicing: restored and not reclaimed by any KMCL channel. */
+  get isUnreclaimed(): boolean {
+    return this.released && !this.revoked;
+  }
+
+  /** Servicing: rescinds a released offer nobody reclaimed. */
+  revokeReleased(): Promise<void> {
+    this.host.releasedPorts.delete(this.key);
+    this.released = false;
+    const waiters = this.heldWaiters;
+    this.heldWaiters = [];
+    for (const w of waiters) w();
+    return this.revoke();
+  }
+
+  /** Servicing: the host instance this port belongs to was detached; it never acts again. */
+  handedOff(): void {
+    this.revoked = true;
+    if (this.data !== null) this.data.alive = false;
+    this.data = null;
+    this.holds.clear();
   }
 
   offer(params: PortOfferParams, events: ServerPortEvents): NTSTATUS {

@@ -91,6 +91,7 @@ import {
   STATUS_ACCESS_DENIED,
   STATUS_BUFFER_OVERFLOW,
   STATUS_CANCELLED,
+  STATUS_DATA_ERROR,
   STATUS_DEVICE_BUSY,
   STATUS_DEVICE_REMOVED,
   STATUS_INSUFFICIENT_RESOURCES,
@@ -136,19 +137,18 @@ import type {
   ServerPortEvents,
 } from './port.js';
 import {
-  type ChannelSavedState,
+  type ChannelStateHeader,
+  ChannelStateWriter,
   ChunkAssembler,
   ChunkWriter,
-  decodeChannelState,
-  decodePacketLib,
-  encodeChannelState,
-  encodePacketLib,
+  type IndexedChannelState,
+  indexChannelState,
   MAX_VSP_PACKET_STATE,
+  PacketLibFields,
   type SavedConn,
   type SavedGpadlMapping,
-  type SavedPacket,
-  type SavedPacketLib,
   SavedStateError,
+  scanPacketLib,
 } from './saved-state.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -900,7 +900,9 @@ export class KmclChannel {
     this.checkAlive('VmbPacketAllocate');
     let p = this.packetPool.pop();
     if (p === undefined) {
-      p = new KmclPacket(this, new Uint8Array(this.stagingBytes()), null);
+      // A packet allocated while a restore runs gets its staging area when it needs one: an exact
+      // copy of its bytes from VmbPacketRestore, or a full one at its next send.
+      p = new KmclPacket(this, this.restoringPackets ? EMPTY : new Uint8Array(this.stagingBytes()), null);
       if (!this.provider.packets.register(p)) return null;
     }
     p.state = 'idle';
@@ -926,7 +928,8 @@ export class KmclChannel {
     p.state = 'free';
     p.pointer = null;
     p.routine = null;
-    if (!this.destroyed && p.staging.length === this.stagingBytes()) this.packetPool.push(p);
+    // A packet whose staging area is smaller (a restored one) is pooled too: its next send grows it.
+    if (!this.destroyed && p.staging.length <= this.stagingBytes()) this.packetPool.push(p);
   }
 
   // ===========================================================================================
@@ -2017,8 +2020,15 @@ export class KmclChannel {
   /** The channel's state was handed off by a completed save: it is disabled and owns nothing. */
   private savedAway = false;
   private restoreChunks: ChunkAssembler | null = null;
-  /** Inside EvtVmbChannelRestorePacket: the packet VmbPacketRestore bound. */
-  private restoring: { lib: SavedPacketLib; packet: KmclPacket | null } | null = null;
+  /** The saved packets are being restored: packet objects allocated now get no staging area yet. */
+  private restoringPackets = false;
+  /** Inside EvtVmbChannelRestorePacket: VmbPacketRestore may bind one packet. */
+  private inRestoreCallback = false;
+  /** The packet VmbPacketRestore bound in this callback, and its LibBuf's fields (reused). */
+  private restoreBound: KmclPacket | null = null;
+  private readonly restoreLib = new PacketLibFields();
+  /** The bound packet's staging area cannot hold its restored bytes (VmbPacketInitialize memory). */
+  private restoreNoRoom = false;
   /** GPADL mappings carried over by a restore that VmbChannelMapGpadl has not claimed yet. */
   private readonly restoredMaps = new Set<number>();
   /** A restore brought the channel back; the VSP's next Enable only confirms it (no new offer). */
@@ -2040,32 +2050,25 @@ export class KmclChannel {
       return STATUS_NOT_SUPPORTED;
     if (this.interfaceType === null || this.interfaceInstance === null) return STATUS_INVALID_DEVICE_STATE;
     this.commitOut();
-    const queued = this.dataQueue.toArray();
-    const awaiting: KmclPacket[] = [];
-    for (const p of this.txns.snapshot()) if (p.state === 'awaiting') awaiting.push(p);
-    const packets: SavedPacket[] = [];
-    const objects = [...queued, ...awaiting];
-    for (const p of objects) {
+    // Queued packets in send order, then the awaiting ones.
+    const objects = this.dataQueue.toArray();
+    for (const p of this.txns.snapshot()) if (p.state === 'awaiting') objects.push(p);
+    // The VSP's bytes for each packet first (its callbacks), then the body in one pass.
+    const vsps: Uint8Array[] = new Array(objects.length);
+    let packetBytes = 0;
+    for (let k = 0; k < objects.length; k++) {
+      const p = objects[k]!;
       const vsp = this.savePacketState(p);
       if (typeof vsp === 'number') return vsp;
-      const queuedNow = p.state === 'queued';
-      packets.push({
-        lib: {
-          state: queuedNow ? 'queued' : 'awaiting',
-          wait: p.wait,
-          transIdLo: p.wait ? p.transIdLo : 0,
-          transIdHi: p.wait ? p.transIdHi : 0,
-          bytes: queuedNow ? p.staging.slice(0, p.length) : EMPTY,
-        },
-        vsp,
-      });
+      vsps[k] = vsp;
+      packetBytes += vsp.length + (p.state === 'queued' ? p.length : 0);
     }
     const completions: Uint8Array[] = [];
-    for (const t of this.completionQueue.toArray()) completions.push(t.staging!.slice(0, t.stagingLength));
+    for (const t of this.completionQueue.toArray()) completions.push(t.staging!.subarray(0, t.stagingLength));
     const mappings: SavedGpadlMapping[] = [];
     for (const [handle, mdl] of this.maps) mappings.push({ handle, readOnly: mdl.readOnly });
     const open = this.conn === 'open' && this.writer !== null && this.reader !== null;
-    const state: ChannelSavedState = {
+    const header: ChannelStateHeader = {
       conn: this.conn as SavedConn,
       incomingStopped: this.incomingStopped,
       interfaceType: this.interfaceType,
@@ -2077,9 +2080,22 @@ export class KmclChannel {
       inReadIndex: open ? this.reader!.readIndex : 0,
       mappings,
       queuedCompletions: completions,
-      packets,
     };
-    const body = encodeChannelState(state);
+    const w = new ChannelStateWriter(header, objects.length, packetBytes);
+    for (let k = 0; k < objects.length; k++) {
+      const p = objects[k]!;
+      const queued = p.state === 'queued';
+      w.packet(
+        queued,
+        p.wait,
+        p.wait ? p.transIdLo : 0,
+        p.wait ? p.transIdHi : 0,
+        p.staging,
+        queued ? p.length : 0,
+        vsps[k]!,
+      );
+    }
+    const body = w.finish();
     // From here on nothing may change what was captured: the guest's open/close requests wait in
     // the bus, and the rings are left alone.
     port.release();
@@ -2092,30 +2108,37 @@ export class KmclChannel {
   private savePacketState(p: KmclPacket): Uint8Array | NTSTATUS {
     const cb = this.savePacket;
     if (cb === null) return EMPTY;
-    const call = (buf: Uint8Array | null, size: number) => {
-      const prev = enterContext('blocking');
-      try {
-        const r = cb(this.publicHandle, p.publicHandle, buf, size);
-        if (r === null || typeof r !== 'object') return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
-        return r;
-      } catch (e) {
-        this.provider.callbackError(this, 'EvtVmbChannelSavePacket', e);
-        return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
-      } finally {
-        leaveContext(prev);
-      }
-    };
-    const first = call(null, 0);
+    const first = this.callSavePacket(cb, p, null, 0);
     if (NT_SUCCESS(first.status)) return EMPTY;
     const need = first.BytesNeeded;
     if (!Number.isInteger(need) || need <= 0) return first.status;
     if (need > MAX_VSP_PACKET_STATE) return STATUS_INVALID_BUFFER_SIZE;
     const buf = new Uint8Array(need);
-    const second = call(buf, need);
+    const second = this.callSavePacket(cb, p, buf, need);
     if (!NT_SUCCESS(second.status)) return second.status;
     const used = second.BytesNeeded;
     const n = Number.isInteger(used) && used > 0 && used <= need ? used : need;
     return n === need ? buf : buf.slice(0, n);
+  }
+
+  /** One call of EvtVmbChannelSavePacket; a throw or a malformed result counts as a failure. */
+  private callSavePacket(
+    cb: EvtVmbChannelSavePacket,
+    p: KmclPacket,
+    buf: Uint8Array | null,
+    size: number,
+  ): { status: NTSTATUS; BytesNeeded: number } {
+    const prev = enterContext('blocking');
+    try {
+      const r = cb(this.publicHandle, p.publicHandle, buf, size);
+      if (r === null || typeof r !== 'object') return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
+      return r;
+    } catch (e) {
+      this.provider.callbackError(this, 'EvtVmbChannelSavePacket', e);
+      return { status: STATUS_UNSUCCESSFUL, BytesNeeded: 0 };
+    } finally {
+      leaveContext(prev);
+    }
   }
 
   /** VmbChannelSaveContinue. */
@@ -2187,7 +2210,7 @@ export class KmclChannel {
     if (!(buffer instanceof Uint8Array)) return STATUS_INVALID_PARAMETER_2;
     if (!Number.isInteger(size) || size <= 0 || size > buffer.length) return STATUS_INVALID_PARAMETER_3;
     const chunks = this.restoreChunks ?? new ChunkAssembler();
-    let state: ChannelSavedState;
+    let state: IndexedChannelState;
     try {
       const status = chunks.accept(buffer, size);
       if (status !== STATUS_SUCCESS) {
@@ -2195,7 +2218,7 @@ export class KmclChannel {
         return status;
       }
       this.restoreChunks = null;
-      state = decodeChannelState(chunks.result(), this.stagingBytes());
+      state = indexChannelState(chunks.result(), this.stagingBytes());
     } catch (e) {
       this.restoreChunks = null;
       if (e instanceof SavedStateError) return e.status;
@@ -2204,7 +2227,7 @@ export class KmclChannel {
     return this.applyRestore(state);
   }
 
-  private applyRestore(s: ChannelSavedState): NTSTATUS {
+  private applyRestore(s: IndexedChannelState): NTSTATUS {
     if (
       !s.interfaceType.equals(this.interfaceType!) ||
       !s.interfaceInstance.equals(this.interfaceInstance!) ||
@@ -2239,10 +2262,15 @@ export class KmclChannel {
       this.txns.rebuildFree();
       return status;
     };
-    for (const saved of s.packets) {
-      const r = this.restoreOnePacket(saved);
-      if (typeof r === 'number') return rollback(r);
-      committed.push(r);
+    this.restoringPackets = true;
+    try {
+      for (let k = 0; k < s.packetCount; k++) {
+        const r = this.restoreOnePacket(s, k);
+        if (typeof r === 'number') return rollback(r);
+        committed.push(r);
+      }
+    } finally {
+      this.restoringPackets = false;
     }
     this.txns.rebuildFree();
     const claim = port.reclaim(s.interfaceType, s.interfaceInstance, this.serverEvents);
@@ -2312,53 +2340,56 @@ export class KmclChannel {
     return STATUS_SUCCESS;
   }
 
-  /** Runs EvtVmbChannelRestorePacket for one saved packet and puts the packet where it was. */
-  private restoreOnePacket(saved: SavedPacket): KmclPacket | NTSTATUS {
+  /** Runs EvtVmbChannelRestorePacket for saved packet `k` and puts the packet where it was. */
+  private restoreOnePacket(s: IndexedChannelState, k: number): KmclPacket | NTSTATUS {
+    const body = s.body;
+    const spans = s.packetSpans;
+    const lib = this.restoreLib;
     let p: KmclPacket | null;
-    let lib: SavedPacketLib;
     const cb = this.restorePacket;
     if (cb === null) {
       // No VSP callbacks: KMCL restores the packet itself with the default completion routine.
       p = this.allocatePacket();
       if (p === null) return STATUS_INSUFFICIENT_RESOURCES;
-      lib = saved.lib;
+      // Validated by indexChannelState already: this only reads the fields back.
+      scanPacketLib(body, spans[4 * k]!, spans[4 * k + 1]!, this.stagingBytes(), STATUS_DATA_ERROR, lib);
+      this.stageRestoredBytes(p, body);
     } else {
-      const libBuf = encodePacketLib(saved.lib);
-      this.restoring = { lib: saved.lib, packet: null };
+      const libBuf = body.subarray(spans[4 * k]!, spans[4 * k + 1]!);
+      const save = body.subarray(spans[4 * k + 2]!, spans[4 * k + 3]!);
+      this.inRestoreCallback = true;
+      this.restoreBound = null;
       let status: NTSTATUS;
       const prev = enterContext('blocking');
       try {
-        const r = cb(this.publicHandle, libBuf, libBuf.length, saved.vsp, saved.vsp.length);
+        const r = cb(this.publicHandle, libBuf, libBuf.length, save, save.length);
         status = typeof r === 'number' && Number.isInteger(r) ? r | 0 : STATUS_UNSUCCESSFUL;
       } catch (e) {
         this.provider.callbackError(this, 'EvtVmbChannelRestorePacket', e);
         status = STATUS_UNSUCCESSFUL;
       } finally {
         leaveContext(prev);
+        this.inRestoreCallback = false;
       }
-      const bound = this.restoring;
-      this.restoring = null;
+      p = this.restoreBound;
+      this.restoreBound = null;
       if (!NT_SUCCESS(status)) return status;
-      if (bound.packet === null) return STATUS_INVALID_DEVICE_STATE;
-      p = bound.packet;
-      lib = bound.lib;
+      if (p === null) return STATUS_INVALID_DEVICE_STATE;
     }
-    const own = cb === null ? p : null;
-    const fail = (status: NTSTATUS): NTSTATUS => {
-      if (own !== null) this.freePacket(own);
-      return status;
-    };
-    if (p.state !== 'idle' || p.staging.length < lib.bytes.length) return fail(STATUS_INVALID_PARAMETER);
+    if (p.state !== 'idle' || this.restoreNoRoom) {
+      if (cb === null) this.freePacket(p);
+      return STATUS_INVALID_PARAMETER;
+    }
     p.wait = lib.wait;
-    if (lib.wait && !this.txns.restoreId(p, lib.transIdLo, lib.transIdHi))
-      return fail(STATUS_INVALID_PARAMETER);
+    if (lib.wait && !this.txns.restoreId(p, lib.transIdLo, lib.transIdHi)) {
+      if (cb === null) this.freePacket(p);
+      return STATUS_INVALID_PARAMETER;
+    }
     if (!lib.wait) {
       p.transIdLo = 0;
       p.transIdHi = 0;
     }
-    if (lib.state === 'queued') {
-      p.staging.set(lib.bytes);
-      p.length = lib.bytes.length;
+    if (lib.queued) {
       p.state = 'queued';
       this.dataQueue.push(p);
     } else {
@@ -2368,19 +2399,49 @@ export class KmclChannel {
     return p;
   }
 
+  /**
+   * Copies the queued packet's bytes (as `restoreLib` found them in `from`) into `p`'s staging
+   * area. A packet allocated during the restore gets an area of exactly that size (its next send
+   * gives it a full one); caller memory that is too small sets `restoreNoRoom`.
+   */
+  private stageRestoredBytes(p: KmclPacket, from: Uint8Array): void {
+    const lib = this.restoreLib;
+    this.restoreNoRoom = false;
+    if (!lib.queued) return;
+    const n = lib.bytesLength;
+    const at = lib.bytesOffset;
+    if (p.staging.length >= n) p.staging.set(from.subarray(at, at + n));
+    else if (p.allocated) p.setStaging(from.slice(at, at + n));
+    else {
+      this.restoreNoRoom = true;
+      return;
+    }
+    p.length = n;
+  }
+
   /** VmbPacketRestore: binds `p` to the packet being restored (inside EvtVmbChannelRestorePacket only). */
   restorePacketObject(p: KmclPacket, buffer: Uint8Array, size: number): NTSTATUS {
-    const r = this.restoring;
-    if (r === null || r.packet !== null || p.state !== 'idle') return STATUS_INVALID_DEVICE_STATE;
+    if (!this.inRestoreCallback || this.restoreBound !== null || p.state !== 'idle')
+      return STATUS_INVALID_DEVICE_STATE;
     if (!(buffer instanceof Uint8Array)) return STATUS_INVALID_PARAMETER_2;
     if (!Number.isInteger(size) || size <= 0 || size > buffer.length) return STATUS_INVALID_PARAMETER_3;
     try {
-      r.lib = decodePacketLib(buffer.subarray(0, size), this.stagingBytes());
+      const end = scanPacketLib(
+        buffer,
+        0,
+        size,
+        this.stagingBytes(),
+        STATUS_INVALID_PARAMETER,
+        this.restoreLib,
+      );
+      if (end !== size) return STATUS_INVALID_PARAMETER;
     } catch (e) {
       if (e instanceof SavedStateError) return e.status;
       throw e;
     }
-    r.packet = p;
+    // The bytes are copied now: the VSP may reuse its LibBuf once this returns.
+    this.stageRestoredBytes(p, buffer);
+    this.restoreBound = p;
     return STATUS_SUCCESS;
   }
 

@@ -173,9 +173,8 @@ export class KmclPacket implements Handled {
   readonly allocated: boolean;
   /** Caller memory of a VmbPacketInitialize packet (its public handle), else null. */
   readonly storage: Uint8Array | null;
-  /** The packet as it will sit in the ring (descriptor, extension, payload, padding). */
-  staging: Uint8Array;
-  view: DataView;
+  private stagingArea: Uint8Array;
+  private stagingView: DataView | null = null;
   /** Bytes of `staging` in use once encoded. */
   length = 0;
   state: PacketState = 'idle';
@@ -194,14 +193,34 @@ export class KmclPacket implements Handled {
     this.owner = owner;
     this.allocated = storage === null;
     this.storage = storage;
-    this.staging = staging;
-    this.view = new DataView(staging.buffer, staging.byteOffset, staging.byteLength);
+    this.stagingArea = staging;
   }
 
-  /** Replaces the staging area (an allocated packet after the channel's limits grew). */
+  /**
+   * The packet as it will sit in the ring (descriptor, extension, payload, padding). Normally the
+   * channel's staging size; smaller for a packet allocated during a restore (none at all, or just
+   * its restored bytes), which its next send replaces with a full one.
+   */
+  get staging(): Uint8Array {
+    return this.stagingArea;
+  }
+
+  /** A DataView over `staging`, made at its first use (a restored packet may never need one). */
+  get view(): DataView {
+    if (this.stagingView === null) {
+      const s = this.stagingArea;
+      this.stagingView = new DataView(s.buffer, s.byteOffset, s.byteLength);
+    }
+    return this.stagingView;
+  }
+
+  /**
+   * Replaces the staging area: an allocated packet after the channel's limits grew, or one that
+   * was allocated during a restore.
+   */
   setStaging(staging: Uint8Array): void {
-    this.staging = staging;
-    this.view = new DataView(staging.buffer, staging.byteOffset, staging.byteLength);
+    this.stagingArea = staging;
+    this.stagingView = null;
   }
 
   /** VMBPACKET as the caller knows it. */

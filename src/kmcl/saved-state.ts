@@ -101,13 +101,19 @@ export interface ChannelSavedState {
 // Byte cursors
 
 class Out {
-  buf = new Uint8Array(256);
-  dv = new DataView(this.buf.buffer);
+  buf: Uint8Array;
+  dv: DataView;
   pos = 0;
+
+  /** `capacity`: the exact size when the caller knows it (then nothing is copied or regrown). */
+  constructor(capacity = 256) {
+    this.buf = new Uint8Array(capacity);
+    this.dv = new DataView(this.buf.buffer);
+  }
 
   private room(n: number): void {
     if (this.pos + n <= this.buf.length) return;
-    let size = this.buf.length * 2;
+    let size = Math.max(this.buf.length * 2, 256);
     while (size < this.pos + n) size *= 2;
     const next = new Uint8Array(size);
     next.set(this.buf.subarray(0, this.pos));
@@ -123,11 +129,14 @@ class Out {
     this.dv.setUint32(this.pos, v >>> 0, true);
     this.pos += 4;
   }
-  bytes(b: Uint8Array): void {
-    this.u32(b.length);
-    this.room(b.length);
-    this.buf.set(b, this.pos);
-    this.pos += b.length;
+  /** u32 length + the first `n` bytes of `b` (all of it by default). */
+  bytes(b: Uint8Array, n = b.length): void {
+    this.u32(n);
+    this.room(n);
+    if (n === b.length) this.buf.set(b, this.pos);
+    else if (n <= 64) for (let k = 0; k < n; k++) this.buf[this.pos + k] = b[k]!;
+    else this.buf.set(b.subarray(0, n), this.pos);
+    this.pos += n;
   }
   guid(g: Guid): void {
     this.room(16);
@@ -135,7 +144,7 @@ class Out {
     this.pos += 16;
   }
   result(): Uint8Array {
-    return this.buf.slice(0, this.pos);
+    return this.pos === this.buf.length ? this.buf : this.buf.slice(0, this.pos);
   }
 }
 
@@ -187,72 +196,136 @@ class In {
 
 const PKT_QUEUED = 1;
 const PKT_AWAITING = 2;
+/** Bytes of a packet library buffer before the packet's own bytes. */
+const PACKET_LIB_HEADER = 16;
 
-function writePacketLib(o: Out, p: SavedPacketLib): void {
-  o.u8(p.state === 'queued' ? PKT_QUEUED : PKT_AWAITING);
-  o.u8(p.wait ? 1 : 0);
-  o.u8(0);
-  o.u8(0);
-  o.u32(p.transIdLo);
-  o.u32(p.transIdHi);
-  o.bytes(p.bytes);
+function readU16(b: Uint8Array, at: number): number {
+  return b[at]! | (b[at + 1]! << 8);
 }
 
-/** Validates a packet's shape: what VmbPacketRestore and the decoder both require. */
-function checkPacketLib(p: SavedPacketLib, maxBytes: number, fail: (m: string) => SavedStateError): void {
-  if (p.state === 'awaiting' && (!p.wait || p.bytes.length !== 0))
-    throw fail('an awaiting packet must be a transaction without bytes');
-  if (p.state === 'queued') {
-    const n = p.bytes.length;
-    if (n < 16 || n % 8 !== 0 || n > maxBytes) throw fail(`queued packet of ${n} bytes`);
-    const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, n);
-    if (dv.getUint16(4, true) * 8 !== n) throw fail('queued packet length does not match its descriptor');
-    if (p.wait && (dv.getUint32(8, true) !== p.transIdLo || dv.getUint32(12, true) !== p.transIdHi))
-      throw fail('queued transaction id does not match its descriptor');
+function readU32(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
+
+function refusal(status: NTSTATUS, message: string): SavedStateError {
+  return new SavedStateError(
+    status,
+    status === STATUS_DATA_ERROR ? `saved state refused: ${message}` : `VmbPacketRestore: ${message}`,
+  );
+}
+
+function libBytes(p: SavedPacketLib): number {
+  return PACKET_LIB_HEADER + p.bytes.length;
+}
+
+/** Writes a packet library buffer: the packet's state, its id and the first `n` bytes of `bytes`. */
+function writePacketLib(
+  o: Out,
+  queued: boolean,
+  wait: boolean,
+  transIdLo: number,
+  transIdHi: number,
+  bytes: Uint8Array,
+  n: number,
+): void {
+  o.u8(queued ? PKT_QUEUED : PKT_AWAITING);
+  o.u8(wait ? 1 : 0);
+  o.u8(0);
+  o.u8(0);
+  o.u32(transIdLo);
+  o.u32(transIdHi);
+  o.bytes(bytes, n);
+}
+
+/**
+ * The fields of one packet library buffer as `scanPacketLib` found them. One object is reused
+ * for every packet of a restore, so reading a packet allocates nothing.
+ */
+export class PacketLibFields {
+  /** 'queued' (true) or 'awaiting' (false). */
+  queued = false;
+  wait = false;
+  transIdLo = 0;
+  transIdHi = 0;
+  /** Where the packet's bytes are in the scanned buffer (length 0 for an awaiting packet). */
+  bytesOffset = 0;
+  bytesLength = 0;
+}
+
+/**
+ * Reads and validates the packet library buffer that starts at `buf[from]` and may extend up to
+ * `limit`: everything VmbPacketRestore and the decoder both require (docs/servicing.md). Fills
+ * `out` and returns the offset just after the buffer. `maxBytes` bounds a queued packet (the
+ * channel's packet staging size). A refusal throws SavedStateError with `status`
+ * (STATUS_DATA_ERROR for the decoder, STATUS_INVALID_PARAMETER for VmbPacketRestore).
+ */
+export function scanPacketLib(
+  buf: Uint8Array,
+  from: number,
+  limit: number,
+  maxBytes: number,
+  status: NTSTATUS,
+  out: PacketLibFields,
+): number {
+  if (limit - from < PACKET_LIB_HEADER) throw refusal(status, 'truncated packet library buffer');
+  const kind = buf[from]!;
+  const wait = buf[from + 1]!;
+  if (kind !== PKT_QUEUED && kind !== PKT_AWAITING) throw refusal(status, `packet state ${kind}`);
+  if (wait > 1) throw refusal(status, `packet wait ${wait}`);
+  const lo = readU32(buf, from + 4);
+  const hi = readU32(buf, from + 8);
+  const n = readU32(buf, from + 12);
+  if (n > maxBytes) throw refusal(status, `packet bytes length ${n} exceeds ${maxBytes}`);
+  const start = from + PACKET_LIB_HEADER;
+  if (n > limit - start) throw refusal(status, 'truncated at packet bytes');
+  const queued = kind === PKT_QUEUED;
+  const waits = wait === 1;
+  if (!queued && (!waits || n !== 0))
+    throw refusal(status, 'an awaiting packet must be a transaction without bytes');
+  if (queued) {
+    if (n < 16 || n % 8 !== 0) throw refusal(status, `queued packet of ${n} bytes`);
+    if (readU16(buf, start + 4) * 8 !== n)
+      throw refusal(status, 'queued packet length does not match its descriptor');
+    if (waits && (readU32(buf, start + 8) !== lo || readU32(buf, start + 12) !== hi))
+      throw refusal(status, 'queued transaction id does not match its descriptor');
   }
-  if (p.wait) {
-    if (p.transIdLo <= 0 || p.transIdLo > MAX_RESTORED_TRANSACTION_SLOT || p.transIdHi <= 0)
-      throw fail(`transaction id ${p.transIdHi}:${p.transIdLo} out of range`);
-  } else if (p.transIdLo !== 0 || p.transIdHi !== 0) throw fail('a message without completion has an id');
+  if (waits) {
+    if (lo === 0 || lo > MAX_RESTORED_TRANSACTION_SLOT || hi === 0)
+      throw refusal(status, `transaction id ${hi}:${lo} out of range`);
+  } else if (lo !== 0 || hi !== 0) throw refusal(status, 'a message without completion has an id');
+  out.queued = queued;
+  out.wait = waits;
+  out.transIdLo = lo;
+  out.transIdHi = hi;
+  out.bytesOffset = start;
+  out.bytesLength = n;
+  return start + n;
 }
 
-function readPacketLib(i: In, maxBytes: number, fail: (m: string) => SavedStateError): SavedPacketLib {
-  const kind = i.u8('packet state');
-  const wait = i.u8('packet wait');
-  i.u8('reserved');
-  i.u8('reserved');
-  if (kind !== PKT_QUEUED && kind !== PKT_AWAITING) throw fail(`packet state ${kind}`);
-  if (wait > 1) throw fail(`packet wait ${wait}`);
-  const p: SavedPacketLib = {
-    state: kind === PKT_QUEUED ? 'queued' : 'awaiting',
-    wait: wait === 1,
-    transIdLo: i.u32('transaction id'),
-    transIdHi: i.u32('transaction id'),
-    bytes: i.bytes('packet bytes', maxBytes),
+/** The plain-data form of scanned fields (the packet bytes copied out of `buf`). */
+function plainLib(buf: Uint8Array, f: PacketLibFields): SavedPacketLib {
+  return {
+    state: f.queued ? 'queued' : 'awaiting',
+    wait: f.wait,
+    transIdLo: f.transIdLo,
+    transIdHi: f.transIdHi,
+    bytes: buf.slice(f.bytesOffset, f.bytesOffset + f.bytesLength),
   };
-  checkPacketLib(p, maxBytes, fail);
-  return p;
 }
 
 /** The LibBuf handed to EvtVmbChannelRestorePacket. */
 export function encodePacketLib(p: SavedPacketLib): Uint8Array {
-  const o = new Out();
-  writePacketLib(o, p);
+  const o = new Out(libBytes(p));
+  writePacketLib(o, p.state === 'queued', p.wait, p.transIdLo, p.transIdHi, p.bytes, p.bytes.length);
   return o.result();
 }
 
 /** Decodes a LibBuf given to VmbPacketRestore; refuses anything else with STATUS_INVALID_PARAMETER. */
 export function decodePacketLib(buf: Uint8Array, maxBytes: number): SavedPacketLib {
-  const fail = (m: string) => new SavedStateError(STATUS_INVALID_PARAMETER, `VmbPacketRestore: ${m}`);
-  try {
-    const i = new In(buf);
-    const p = readPacketLib(i, maxBytes, fail);
-    i.end();
-    return p;
-  } catch (e) {
-    if (e instanceof SavedStateError && e.status !== STATUS_INVALID_PARAMETER) throw fail(e.message);
-    throw e;
-  }
+  const f = new PacketLibFields();
+  const end = scanPacketLib(buf, 0, buf.length, maxBytes, STATUS_INVALID_PARAMETER, f);
+  if (end !== buf.length) throw refusal(STATUS_INVALID_PARAMETER, `${buf.length - end} trailing bytes`);
+  return plainLib(buf, f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,39 +335,116 @@ const CONN_CODES: Record<SavedConn, number> = { enabled: 1, open: 2, peerClosed:
 const CONNS: SavedConn[] = ['enabled', 'open', 'peerClosed'];
 const ROLE_SERVER = 1;
 
+/** Bytes of the body's fixed part: role .. incoming read index. */
+const BODY_HEADER = 56;
+
+/** A channel's saved state without its packets: what a body holds before them. */
+export type ChannelStateHeader = Omit<ChannelSavedState, 'packets'>;
+
+/**
+ * Writes a body in one pass: the fixed part, the mappings and the completions when constructed,
+ * then `packetCount` packets straight from wherever their bytes are (no object per packet).
+ * `packetBytes` is the packets' ring bytes and VSP bytes in total: the buffer is then exactly the
+ * body's size (a wrong figure costs a copy, never correctness).
+ */
+export class ChannelStateWriter {
+  private readonly o: Out;
+  private left: number;
+
+  constructor(s: ChannelStateHeader, packetCount: number, packetBytes: number) {
+    let size = BODY_HEADER + 4 + 8 * s.mappings.length + 4 + 4;
+    for (const c of s.queuedCompletions) size += 4 + c.length;
+    size += packetCount * (PACKET_LIB_HEADER + 4) + packetBytes;
+    const o = new Out(size);
+    this.o = o;
+    o.u8(ROLE_SERVER);
+    o.u8(CONN_CODES[s.conn]);
+    o.u8(s.incomingStopped ? 1 : 0);
+    o.u8(0);
+    o.guid(s.interfaceType);
+    o.guid(s.interfaceInstance);
+    o.u32(s.targetVtl);
+    o.u32(s.serverFlags);
+    o.u32(s.maximumPacketSize);
+    o.u32(s.outWriteIndex);
+    o.u32(s.inReadIndex);
+    o.u32(s.mappings.length);
+    for (const m of s.mappings) {
+      o.u32(m.handle);
+      o.u32(m.readOnly ? 1 : 0);
+    }
+    o.u32(s.queuedCompletions.length);
+    for (const c of s.queuedCompletions) o.bytes(c);
+    o.u32(packetCount);
+    this.left = packetCount;
+  }
+
+  /**
+   * Appends the next packet: its library buffer (state, id, the first `bytesLength` bytes of
+   * `bytes`, 0 for an awaiting packet) and the VSP's bytes. Queued packets come first.
+   */
+  packet(
+    queued: boolean,
+    wait: boolean,
+    transIdLo: number,
+    transIdHi: number,
+    bytes: Uint8Array,
+    bytesLength: number,
+    vsp: Uint8Array,
+  ): void {
+    if (this.left === 0) throw new Error('ChannelStateWriter: more packets than announced');
+    writePacketLib(this.o, queued, wait, transIdLo, transIdHi, bytes, bytesLength);
+    this.o.bytes(vsp);
+    this.left--;
+  }
+
+  /** The body, once every announced packet was written. */
+  finish(): Uint8Array {
+    if (this.left !== 0) throw new Error(`ChannelStateWriter: ${this.left} packets missing`);
+    return this.o.result();
+  }
+}
+
+/** The body of a saved state given as plain data. */
 export function encodeChannelState(s: ChannelSavedState): Uint8Array {
-  const o = new Out();
-  o.u8(ROLE_SERVER);
-  o.u8(CONN_CODES[s.conn]);
-  o.u8(s.incomingStopped ? 1 : 0);
-  o.u8(0);
-  o.guid(s.interfaceType);
-  o.guid(s.interfaceInstance);
-  o.u32(s.targetVtl);
-  o.u32(s.serverFlags);
-  o.u32(s.maximumPacketSize);
-  o.u32(s.outWriteIndex);
-  o.u32(s.inReadIndex);
-  o.u32(s.mappings.length);
-  for (const m of s.mappings) {
-    o.u32(m.handle);
-    o.u32(m.readOnly ? 1 : 0);
+  let packetBytes = 0;
+  for (const p of s.packets) packetBytes += p.lib.bytes.length + p.vsp.length;
+  const w = new ChannelStateWriter(s, s.packets.length, packetBytes);
+  for (const { lib, vsp } of s.packets) {
+    w.packet(
+      lib.state === 'queued',
+      lib.wait,
+      lib.transIdLo,
+      lib.transIdHi,
+      lib.bytes,
+      lib.bytes.length,
+      vsp,
+    );
   }
-  o.u32(s.queuedCompletions.length);
-  for (const c of s.queuedCompletions) o.bytes(c);
-  o.u32(s.packets.length);
-  for (const p of s.packets) {
-    writePacketLib(o, p.lib);
-    o.bytes(p.vsp);
-  }
-  return o.result();
+  return w.finish();
 }
 
 /**
- * Decodes and validates a whole body. `maxPacketBytes` bounds a queued packet (the restoring
- * channel's staging size). Throws SavedStateError (STATUS_DATA_ERROR) on any inconsistency.
+ * A validated body whose packets are left where they are: what a restore walks, one packet at a
+ * time, without a copy or an object per packet. `decodeChannelState` is the plain-data form.
  */
-export function decodeChannelState(body: Uint8Array, maxPacketBytes: number): ChannelSavedState {
+export interface IndexedChannelState extends Omit<ChannelSavedState, 'packets'> {
+  /** The body the packets are in. */
+  readonly body: Uint8Array;
+  readonly packetCount: number;
+  /**
+   * Four offsets into `body` per packet (packet k at 4k): start and end of its packet library
+   * buffer (the LibBuf of EvtVmbChannelRestorePacket), start and end of the VSP's bytes.
+   */
+  readonly packetSpans: Uint32Array;
+}
+
+/**
+ * Validates a whole body in one pass and finds its packets. `maxPacketBytes` bounds a queued
+ * packet (the restoring channel's staging size). Throws SavedStateError (STATUS_DATA_ERROR) on
+ * any inconsistency.
+ */
+export function indexChannelState(body: Uint8Array, maxPacketBytes: number): IndexedChannelState {
   const i = new In(body);
   const role = i.u8('role');
   if (role !== ROLE_SERVER) throw corrupt(`role ${role}`);
@@ -303,20 +453,14 @@ export function decodeChannelState(body: Uint8Array, maxPacketBytes: number): Ch
   const stopped = i.u8('incoming stopped');
   if (stopped > 1) throw corrupt(`incoming-stopped flag ${stopped}`);
   if (i.u8('reserved') !== 0) throw corrupt('reserved byte set');
-  const s: ChannelSavedState = {
-    conn,
-    incomingStopped: stopped === 1,
-    interfaceType: i.guid('interface type'),
-    interfaceInstance: i.guid('interface instance'),
-    targetVtl: i.u32('target VTL'),
-    serverFlags: i.u32('server flags'),
-    maximumPacketSize: i.u32('maximum packet size'),
-    outWriteIndex: i.u32('outgoing write index'),
-    inReadIndex: i.u32('incoming read index'),
-    mappings: [],
-    queuedCompletions: [],
-    packets: [],
-  };
+  const interfaceType = i.guid('interface type');
+  const interfaceInstance = i.guid('interface instance');
+  const targetVtl = i.u32('target VTL');
+  const serverFlags = i.u32('server flags');
+  const maximumPacketSize = i.u32('maximum packet size');
+  const outWriteIndex = i.u32('outgoing write index');
+  const inReadIndex = i.u32('incoming read index');
+  const mappings: SavedGpadlMapping[] = [];
   const nm = i.count('mapping count', 8);
   const seen = new Set<number>();
   for (let k = 0; k < nm; k++) {
@@ -324,32 +468,89 @@ export function decodeChannelState(body: Uint8Array, maxPacketBytes: number): Ch
     const ro = i.u32('GPADL flags');
     if (ro > 1 || handle === 0 || seen.has(handle)) throw corrupt(`GPADL mapping ${handle}`);
     seen.add(handle);
-    s.mappings.push({ handle, readOnly: ro === 1 });
+    mappings.push({ handle, readOnly: ro === 1 });
   }
+  const queuedCompletions: Uint8Array[] = [];
   const nc = i.count('completion count', 4);
   for (let k = 0; k < nc; k++) {
     const c = i.bytes('completion', maxPacketBytes);
     if (c.length < 16 || c.length % 8 !== 0) throw corrupt(`queued completion of ${c.length} bytes`);
-    s.queuedCompletions.push(c);
+    queuedCompletions.push(c);
   }
-  const np = i.count('packet count', 20);
-  const ids = new Set<number>();
+  const np = i.count('packet count', PACKET_LIB_HEADER + 4);
+  const spans = new Uint32Array(np * 4);
+  const lib = new PacketLibFields();
+  // Transaction slots, checked for repeats after the loop with a bitmap (a Set of 10,000 numbers
+  // costs more than the rest of the decode).
+  const slots = new Uint32Array(np);
+  let slotCount = 0;
+  let maxSlot = 0;
   let awaitingSeen = false;
+  let pos = i.pos;
   for (let k = 0; k < np; k++) {
-    const lib = readPacketLib(i, maxPacketBytes, corrupt);
-    const vsp = i.bytes('VSP packet state', MAX_VSP_PACKET_STATE);
-    if (lib.state === 'awaiting') awaitingSeen = true;
+    const libEnd = scanPacketLib(body, pos, body.length, maxPacketBytes, STATUS_DATA_ERROR, lib);
+    if (body.length - libEnd < 4) throw corrupt('truncated at VSP packet state length');
+    const n = readU32(body, libEnd);
+    if (n > MAX_VSP_PACKET_STATE)
+      throw corrupt(`VSP packet state length ${n} exceeds ${MAX_VSP_PACKET_STATE}`);
+    const vspStart = libEnd + 4;
+    if (n > body.length - vspStart) throw corrupt('truncated at VSP packet state');
+    if (!lib.queued) awaitingSeen = true;
     else if (awaitingSeen) throw corrupt('a queued packet after an awaiting one');
     if (lib.wait) {
-      if (ids.has(lib.transIdLo)) throw corrupt(`transaction slot ${lib.transIdLo} used twice`);
-      ids.add(lib.transIdLo);
+      slots[slotCount++] = lib.transIdLo;
+      if (lib.transIdLo > maxSlot) maxSlot = lib.transIdLo;
     }
-    s.packets.push({ lib, vsp });
+    spans[4 * k] = pos;
+    spans[4 * k + 1] = libEnd;
+    spans[4 * k + 2] = vspStart;
+    spans[4 * k + 3] = vspStart + n;
+    pos = vspStart + n;
   }
+  i.pos = pos;
   i.end();
-  if (s.conn !== 'open' && (s.queuedCompletions.length > 0 || s.mappings.length > 0 || awaitingSeen))
+  // Slots are at most MAX_RESTORED_TRANSACTION_SLOT (scanPacketLib), so this is at most 512 KiB.
+  const used = new Uint8Array((maxSlot >>> 3) + 1);
+  for (let k = 0; k < slotCount; k++) {
+    const slot = slots[k]!;
+    const bit = 1 << (slot & 7);
+    if ((used[slot >>> 3]! & bit) !== 0) throw corrupt(`transaction slot ${slot} used twice`);
+    used[slot >>> 3] = used[slot >>> 3]! | bit;
+  }
+  if (conn !== 'open' && (queuedCompletions.length > 0 || mappings.length > 0 || awaitingSeen))
     throw corrupt('ring-bound state saved for a channel that is not open');
-  return s;
+  return {
+    conn,
+    incomingStopped: stopped === 1,
+    interfaceType,
+    interfaceInstance,
+    targetVtl,
+    serverFlags,
+    maximumPacketSize,
+    outWriteIndex,
+    inReadIndex,
+    mappings,
+    queuedCompletions,
+    body,
+    packetCount: np,
+    packetSpans: spans,
+  };
+}
+
+/**
+ * Decodes and validates a whole body into plain data (every packet's bytes copied out).
+ * `maxPacketBytes` bounds a queued packet (the restoring channel's staging size). Throws
+ * SavedStateError (STATUS_DATA_ERROR) on any inconsistency.
+ */
+export function decodeChannelState(body: Uint8Array, maxPacketBytes: number): ChannelSavedState {
+  const { body: b, packetCount, packetSpans, ...rest } = indexChannelState(body, maxPacketBytes);
+  const packets: SavedPacket[] = [];
+  const lib = new PacketLibFields();
+  for (let k = 0; k < packetCount; k++) {
+    scanPacketLib(b, packetSpans[4 * k]!, packetSpans[4 * k + 1]!, maxPacketBytes, STATUS_DATA_ERROR, lib);
+    packets.push({ lib: plainLib(b, lib), vsp: b.slice(packetSpans[4 * k + 2]!, packetSpans[4 * k + 3]!) });
+  }
+  return { ...rest, packets };
 }
 
 // ---------------------------------------------------------------------------------------------
