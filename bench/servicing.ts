@@ -12,8 +12,6 @@
 // the restored channel holds the same queued and awaiting packets as the saved one, in the same
 // order, and that once started every transaction completes exactly once and in order.
 
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import {
   KMCL_CLIENT_INTERFACE_TYPE,
   type KMCL_CLIENT_INTERFACE_V1,
@@ -55,20 +53,6 @@ const GOAL_MS = 50;
 const GOAL_PACKETS = 10_000;
 /** SaveContinue's output buffer: one chunk holds everything at every size measured here. */
 const SAVE_BUFFER_BYTES = 1 << 20;
-
-/**
- * A full garbage collection, run (untimed) before each timed save and restore so that the garbage
- * of the set-up and of earlier rounds is not collected inside the timed part. The operation's own
- * allocations still cost what they cost. Node only hands out `gc` with --expose-gc; setting the
- * flag at run time and taking `gc` from a new context works without changing the command line.
- */
-function fullGc(): () => void {
-  setFlagsFromString('--expose-gc');
-  const gc = runInNewContext('gc') as unknown;
-  if (typeof gc !== 'function') return () => {};
-  return gc as () => void;
-}
-const collect = fullGc();
 
 /**
  * One measured size. `ringPages` is the guest's host-to-guest ring (control page included): chosen
@@ -288,7 +272,6 @@ async function round(size: Size, out: Uint8Array): Promise<Round> {
 
   // --- save (Pause is done) ---
   const chunks: Uint8Array[] = [];
-  collect();
   const t0 = performance.now();
   check(S1.VmbChannelSaveBegin(a.channel), 'VmbChannelSaveBegin');
   let offset = 0;
@@ -309,7 +292,6 @@ async function round(size: Size, out: Uint8Array): Promise<Round> {
 
   // --- restore into a new host provider ---
   const S2 = serverTable(KmclProvider.forHost(rig.lb));
-  collect();
   const t1 = performance.now();
   const b = new Vsp(S2);
   for (let i = 0; i < chunks.length; i++) {
@@ -397,8 +379,8 @@ export const servicingSuite: Suite = {
         'VmbPacketRestore and sets its pointer and completion routine',
       'checked every round (untimed): the restored channel has the saved queued and awaiting counts, and after Start ' +
         'every transaction completes exactly once, in order',
-      `best of ${rounds} rounds (after ${warmUps} warm-up rounds), a full GC before each timed part; total = the ` +
-        'best save + restore of one round; pkts/s = in-flight packets / time',
+      `best of ${rounds} rounds (after ${warmUps} warm-up rounds); total = the best save + restore of one round; ` +
+        'pkts/s = in-flight packets / time',
     ];
     for (const s of SIZES) {
       const rs = results.get(s.packets)!;

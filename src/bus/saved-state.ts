@@ -482,7 +482,8 @@ export function decodeHostVmbusSavedState(data: Uint8Array): HostVmbusSavedState
   const v = decodeWithHeader(HOST_VMBUS_SAVED_STATE_MAGIC, data, 'saved host VMBus state');
   obj({ server: serverState, link: linkState })(v, 'state');
   const s = v as HostVmbusSavedState;
-  if (s.link.version !== 1) throw new BusSavedStateError('version', `SynIC end state version ${s.link.version}`);
+  if (s.link.version !== 1)
+    throw new BusSavedStateError('version', `SynIC end state version ${s.link.version}`);
   checkConsistency(s.server);
   return s;
 }

@@ -139,8 +139,8 @@ import {
 } from '../wire/messages.js';
 import type { GpaRange } from '../wire/packets.js';
 import { BusError, BusProtocolError, type BusProtocolErrorCode } from './errors.js';
-import { BusSavedStateError } from './saved-state.js';
 import { Listeners, rethrowLater, type Unsubscribe } from './events.js';
+import { BusSavedStateError } from './saved-state.js';
 import {
   initialServerState,
   type ServerChannelPhase,
@@ -333,6 +333,143 @@ function toStatus(value: unknown): number {
     : VMBUS_STATUS_UNSUCCESSFUL;
 }
 
+/** The server's limits and versions, from its options (checked). */
+interface ServerConfig {
+  readonly versions: readonly number[];
+  readonly supportedFeatureFlags: number;
+  readonly gpadlLimits: Readonly<ServerGpadlLimits>;
+  readonly maxChannels: number;
+  readonly vpCount: number;
+}
+
+function serverConfig(options: VmbusServerOptions): ServerConfig {
+  const versions = options.versions ?? VMBUS_VERSIONS.map((v) => v.value);
+  for (const v of versions) {
+    if (!VMBUS_VERSIONS.some((k) => k.value === v)) {
+      throw new RangeError(`VmbusServer: 0x${v.toString(16)} is not a VMBus protocol version`);
+    }
+  }
+  const maxChannels = options.maxChannels ?? MAX_RELID;
+  if (!Number.isInteger(maxChannels) || maxChannels < 1 || maxChannels > MAX_RELID) {
+    throw new RangeError(`VmbusServer: maxChannels must be 1..${MAX_RELID}`);
+  }
+  return {
+    versions: Object.freeze([...versions]),
+    supportedFeatureFlags:
+      (options.featureFlags ?? SERVER_SUPPORTED_FEATURE_FLAGS) & SERVER_SUPPORTED_FEATURE_FLAGS,
+    gpadlLimits: Object.freeze({ ...DEFAULT_SERVER_GPADL_LIMITS, ...options.gpadlLimits }),
+    maxChannels,
+    vpCount: options.vpCount ?? 64,
+  };
+}
+
+/**
+ * Everything a restored state must satisfy beyond its shape (saved-state.ts checks that): that it
+ * fits this server's options and this partition's memory. Returns the rings of each open
+ * channel; throws BusSavedStateError('shape' or 'memory').
+ */
+function checkRestoredState(
+  st: ServerState,
+  memory: GuestMemory,
+  cfg: ServerConfig,
+): Map<number, ChannelRings> {
+  const bad = (code: 'shape' | 'memory', why: string): never => {
+    throw new BusSavedStateError(code, `saved server state does not fit: ${why}`);
+  };
+  const conn = st.connection;
+  if (conn.kind === 'disconnecting') bad('shape', 'the connection was being torn down');
+  if (conn.kind === 'connected') {
+    if (!cfg.versions.includes(conn.version))
+      bad('shape', `version 0x${conn.version.toString(16)} is not accepted`);
+    if ((conn.featureFlags & ~cfg.supportedFeatureFlags) !== 0) bad('shape', 'feature flags not supported');
+  }
+  if (st.channels.length > cfg.maxChannels) bad('shape', 'more channels than allowed');
+  if (st.gpadls.length > cfg.gpadlLimits.maxGpadls) bad('shape', 'more GPADLs than allowed');
+  if (st.incompleteGpadls.length > cfg.gpadlLimits.maxInProgress) bad('shape', 'too many GPADLs in progress');
+  let lastRelid = 0;
+  for (const c of st.channels) {
+    const where = `channel ${c.relid}`;
+    if (c.relid <= lastRelid || c.relid > MAX_RELID)
+      bad('shape', `${where}: relids must ascend within 1..${MAX_RELID}`);
+    lastRelid = c.relid;
+    if (c.connectionId !== SERVER_CONNECTION_ID_BASE + c.relid) bad('shape', `${where}: connection id`);
+    if (c.phase === 'opening' || c.phase === 'closing' || c.reopen !== null || c.revoking)
+      bad('shape', `${where} was ${c.phase} (only a quiescent server is saved)`);
+    if (conn.kind !== 'connected' && c.phase !== 'unsent')
+      bad('shape', `${where} is ${c.phase} without a connection`);
+    if (conn.kind === 'connected' && !conn.offersSent && c.phase !== 'unsent')
+      bad('shape', `${where} is ${c.phase} before offers were sent`);
+    try {
+      Guid.parse(c.offer.interfaceType);
+      Guid.parse(c.offer.interfaceInstance);
+    } catch {
+      bad('shape', `${where}: interface GUIDs`);
+    }
+    if (c.offer.userDefined.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user-defined area`);
+    for (const [name, v] of [
+      ['channelFlags', c.offer.channelFlags],
+      ['mmioMegabytes', c.offer.mmioMegabytes],
+      ['mmioMegabytesOptional', c.offer.mmioMegabytesOptional],
+      ['subChannelIndex', c.offer.subChannelIndex],
+    ] as const) {
+      if (v > 0xffff) bad('shape', `${where}: ${name} is not a u16`);
+    }
+  }
+  const pages = memory.pageCount;
+  const gpadls = new Map<number, ServerGpadlState>();
+  for (const g of st.gpadls) {
+    const where = `GPADL ${g.gpadlId}`;
+    if (g.gpadlId === 0) bad('shape', 'GPADL id 0');
+    if (g.teardownHook === 'running') bad('shape', `${where}: its teardown hook was running`);
+    if (g.rangeCount === 0 || g.rangeCount > cfg.gpadlLimits.maxRanges) bad('shape', `${where}: range count`);
+    if (g.pfnCount > cfg.gpadlLimits.maxPfns || g.byteCount > cfg.gpadlLimits.maxBytes)
+      bad('shape', `${where}: larger than allowed`);
+    let bytes = 0;
+    for (const r of g.ranges) {
+      if (r.byteCount === 0 || r.byteOffset >= PAGE_SIZE) bad('shape', `${where}: a range's offset or size`);
+      if (r.pfns.length !== Math.ceil((r.byteOffset + r.byteCount) / PAGE_SIZE))
+        bad('shape', `${where}: a range's PFN count does not match its size`);
+      for (const pfn of r.pfns)
+        if (pfn >= pages) bad('memory', `${where}: PFN ${pfn} is outside guest memory`);
+      bytes += r.byteCount;
+    }
+    if (bytes !== g.byteCount) bad('shape', `${where}: byte count`);
+    if (g.phase === 'created' && g.mapCount > 0 && g.teardownHook !== 'none')
+      bad('shape', `${where}: created but its teardown ran`);
+    gpadls.set(g.gpadlId, g);
+  }
+  for (const inc of st.incompleteGpadls) {
+    if (inc.gpadlId === 0 || inc.rangeCount === 0 || inc.rangeCount > cfg.gpadlLimits.maxRanges)
+      bad('shape', `GPADL ${inc.gpadlId} in progress`);
+    if (inc.buf.length > 0xffff) bad('shape', `GPADL ${inc.gpadlId} in progress: range buffer`);
+  }
+  const rings = new Map<number, ChannelRings>();
+  const connectionIds = new Set<number>();
+  for (const c of st.channels) {
+    if (c.phase !== 'open') continue;
+    const o = c.open!;
+    const where = `open channel ${c.relid}`;
+    const g = gpadls.get(o.ringGpadlId);
+    if (g === undefined || g.relid !== c.relid)
+      bad('shape', `${where}: ring GPADL ${o.ringGpadlId} is not its own`);
+    const r = g!.ranges[0]!;
+    if (g!.rangeCount !== 1 || r.byteOffset !== 0 || r.byteCount !== r.pfns.length * PAGE_SIZE)
+      bad('shape', `${where}: the ring GPADL is not one range of whole pages`);
+    if (o.eventFlag === 0 || o.eventFlag > MAX_RELID) bad('shape', `${where}: event flag ${o.eventFlag}`);
+    if (o.connectionId <= 4 || o.connectionId > 0xffffff || connectionIds.has(o.connectionId))
+      bad('shape', `${where}: connection id 0x${o.connectionId.toString(16)}`);
+    connectionIds.add(o.connectionId);
+    if (o.userData.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user data`);
+    try {
+      rings.set(c.offerId, channelRingsFromGpadl(memory, r.pfns, o.downstreamPageOffset));
+    } catch (error) {
+      if (!(error instanceof RingError) && !(error instanceof RangeError)) throw error;
+      bad('memory', `${where}: ${(error as Error).message}`);
+    }
+  }
+  return rings;
+}
+
 export class VmbusServer {
   readonly link: HvHostEnd;
   readonly memory: GuestMemory;
@@ -391,27 +528,18 @@ export class VmbusServer {
     this.memory = memory;
     this.hostView = options.hostView ?? new HostMemoryView(memory);
     if (this.hostView.memory !== memory) throw new Error('VmbusServer: hostView is over another memory');
-    const versions = options.versions ?? VMBUS_VERSIONS.map((v) => v.value);
-    for (const v of versions) {
-      if (!VMBUS_VERSIONS.some((k) => k.value === v)) {
-        throw new RangeError(`VmbusServer: 0x${v.toString(16)} is not a VMBus protocol version`);
-      }
-    }
-    this.versions = Object.freeze([...versions]);
-    this.supportedFeatureFlags =
-      (options.featureFlags ?? SERVER_SUPPORTED_FEATURE_FLAGS) & SERVER_SUPPORTED_FEATURE_FLAGS;
-    this.gpadlLimits = Object.freeze({ ...DEFAULT_SERVER_GPADL_LIMITS, ...options.gpadlLimits });
-    this.maxChannels = options.maxChannels ?? MAX_RELID;
-    if (!Number.isInteger(this.maxChannels) || this.maxChannels < 1 || this.maxChannels > MAX_RELID) {
-      throw new RangeError(`VmbusServer: maxChannels must be 1..${MAX_RELID}`);
-    }
-    this.vpCount = options.vpCount ?? 64;
+    const config = serverConfig(options);
+    this.versions = config.versions;
+    this.supportedFeatureFlags = config.supportedFeatureFlags;
+    this.gpadlLimits = config.gpadlLimits;
+    this.maxChannels = config.maxChannels;
+    this.vpCount = config.vpCount;
     this.tracer = options.tracer;
     this.tlConnectHook = options.onTlConnectRequest;
     if (restored !== null) {
       // Checked completely before anything is registered on the link.
-      const plan = this.checkRestoredState(restored);
-      this.adoptRestoredState(restored, plan);
+      const rings = checkRestoredState(restored, memory, config);
+      this.adoptRestoredState(restored, rings);
     }
     link.onMessage(VMBUS_MESSAGE_CONNECTION_ID, this.onMessage1);
     if (this.versions.some((v) => v >= VERSION_WIN10_V5)) {
@@ -477,6 +605,14 @@ export class VmbusServer {
   ): VmbusServer {
     const server = new VmbusServer(link, memory, options, structuredClone(state));
     return server;
+  }
+
+  /**
+   * Servicing: whether a saved state would be accepted by VmbusServer.restore over `memory` with
+   * these options, without touching anything. Throws the BusSavedStateError restore would throw.
+   */
+  static checkRestorable(memory: GuestMemory, state: ServerState, options: VmbusServerOptions = {}): void {
+    checkRestoredState(state, memory, serverConfig(options));
   }
 
   /** Whether the server is between VmbusServer.restore and finishRestore. */
@@ -854,105 +990,6 @@ export class VmbusServer {
   // ------------------------------------------------------------------------------------------
   // Servicing: rebuilding from a saved state
 
-  /**
-   * Everything a restored state must satisfy beyond its shape (saved-state.ts checks that): that it
-   * fits this server's options and this partition's memory. Returns the rings of each open
-   * channel; throws BusSavedStateError('shape' or 'memory').
-   */
-  private checkRestoredState(st: ServerState): Map<number, ChannelRings> {
-    const bad = (code: 'shape' | 'memory', why: string): never => {
-      throw new BusSavedStateError(code, `saved server state does not fit: ${why}`);
-    };
-    const conn = st.connection;
-    if (conn.kind === 'disconnecting') bad('shape', 'the connection was being torn down');
-    if (conn.kind === 'connected') {
-      if (!this.versions.includes(conn.version)) bad('shape', `version 0x${conn.version.toString(16)} is not accepted`);
-      if ((conn.featureFlags & ~this.supportedFeatureFlags) !== 0) bad('shape', 'feature flags not supported');
-    }
-    if (st.channels.length > this.maxChannels) bad('shape', 'more channels than allowed');
-    if (st.gpadls.length > this.gpadlLimits.maxGpadls) bad('shape', 'more GPADLs than allowed');
-    if (st.incompleteGpadls.length > this.gpadlLimits.maxInProgress) bad('shape', 'too many GPADLs in progress');
-    let lastRelid = 0;
-    for (const c of st.channels) {
-      const where = `channel ${c.relid}`;
-      if (c.relid <= lastRelid || c.relid > MAX_RELID) bad('shape', `${where}: relids must ascend within 1..${MAX_RELID}`);
-      lastRelid = c.relid;
-      if (c.connectionId !== SERVER_CONNECTION_ID_BASE + c.relid) bad('shape', `${where}: connection id`);
-      if (c.phase === 'opening' || c.phase === 'closing' || c.reopen !== null || c.revoking)
-        bad('shape', `${where} was ${c.phase} (only a quiescent server is saved)`);
-      if (conn.kind !== 'connected' && c.phase !== 'unsent')
-        bad('shape', `${where} is ${c.phase} without a connection`);
-      if (conn.kind === 'connected' && !conn.offersSent && c.phase !== 'unsent')
-        bad('shape', `${where} is ${c.phase} before offers were sent`);
-      try {
-        Guid.parse(c.offer.interfaceType);
-        Guid.parse(c.offer.interfaceInstance);
-      } catch {
-        bad('shape', `${where}: interface GUIDs`);
-      }
-      if (c.offer.userDefined.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user-defined area`);
-      for (const [name, v] of [
-        ['channelFlags', c.offer.channelFlags],
-        ['mmioMegabytes', c.offer.mmioMegabytes],
-        ['mmioMegabytesOptional', c.offer.mmioMegabytesOptional],
-        ['subChannelIndex', c.offer.subChannelIndex],
-      ] as const) {
-        if (v > 0xffff) bad('shape', `${where}: ${name} is not a u16`);
-      }
-    }
-    const pages = this.memory.pageCount;
-    const gpadls = new Map<number, ServerGpadlState>();
-    for (const g of st.gpadls) {
-      const where = `GPADL ${g.gpadlId}`;
-      if (g.gpadlId === 0) bad('shape', 'GPADL id 0');
-      if (g.teardownHook === 'running') bad('shape', `${where}: its teardown hook was running`);
-      if (g.rangeCount === 0 || g.rangeCount > this.gpadlLimits.maxRanges) bad('shape', `${where}: range count`);
-      if (g.pfnCount > this.gpadlLimits.maxPfns || g.byteCount > this.gpadlLimits.maxBytes)
-        bad('shape', `${where}: larger than allowed`);
-      let bytes = 0;
-      for (const r of g.ranges) {
-        if (r.byteCount === 0 || r.byteOffset >= PAGE_SIZE) bad('shape', `${where}: a range's offset or size`);
-        if (r.pfns.length !== Math.ceil((r.byteOffset + r.byteCount) / PAGE_SIZE))
-          bad('shape', `${where}: a range's PFN count does not match its size`);
-        for (const pfn of r.pfns) if (pfn >= pages) bad('memory', `${where}: PFN ${pfn} is outside guest memory`);
-        bytes += r.byteCount;
-      }
-      if (bytes !== g.byteCount) bad('shape', `${where}: byte count`);
-      if (g.phase === 'created' && g.mapCount > 0 && g.teardownHook !== 'none')
-        bad('shape', `${where}: created but its teardown ran`);
-      gpadls.set(g.gpadlId, g);
-    }
-    for (const inc of st.incompleteGpadls) {
-      if (inc.gpadlId === 0 || inc.rangeCount === 0 || inc.rangeCount > this.gpadlLimits.maxRanges)
-        bad('shape', `GPADL ${inc.gpadlId} in progress`);
-      if (inc.buf.length > 0xffff) bad('shape', `GPADL ${inc.gpadlId} in progress: range buffer`);
-    }
-    const rings = new Map<number, ChannelRings>();
-    const connectionIds = new Set<number>();
-    for (const c of st.channels) {
-      if (c.phase !== 'open') continue;
-      const o = c.open!;
-      const where = `open channel ${c.relid}`;
-      const g = gpadls.get(o.ringGpadlId);
-      if (g === undefined || g.relid !== c.relid) bad('shape', `${where}: ring GPADL ${o.ringGpadlId} is not its own`);
-      const r = g!.ranges[0]!;
-      if (g!.rangeCount !== 1 || r.byteOffset !== 0 || r.byteCount !== r.pfns.length * PAGE_SIZE)
-        bad('shape', `${where}: the ring GPADL is not one range of whole pages`);
-      if (o.eventFlag === 0 || o.eventFlag > MAX_RELID) bad('shape', `${where}: event flag ${o.eventFlag}`);
-      if (o.connectionId <= 4 || o.connectionId > 0xffffff || connectionIds.has(o.connectionId))
-        bad('shape', `${where}: connection id 0x${o.connectionId.toString(16)}`);
-      connectionIds.add(o.connectionId);
-      if (o.userData.length !== MAX_USER_DEFINED_BYTES) bad('shape', `${where}: user data`);
-      try {
-        rings.set(c.offerId, channelRingsFromGpadl(this.memory, r.pfns, o.downstreamPageOffset));
-      } catch (error) {
-        if (!(error instanceof RingError) && !(error instanceof RangeError)) throw error;
-        bad('memory', `${where}: ${(error as Error).message}`);
-      }
-    }
-    return rings;
-  }
-
   /** Takes a checked saved state as this server's own (see restore). Registers nothing yet on the link but signals. */
   private adoptRestoredState(st: ServerState, rings: Map<number, ChannelRings>): void {
     Object.assign(this.st, st);
@@ -976,7 +1013,10 @@ export class VmbusServer {
       const r = rings.get(ch.offerId);
       if (r === undefined) continue;
       const g = this.gpadlById.get(ch.open!.ringGpadlId)!;
-      this.ringGrants.set(ch.offerId, this.hostView.grant(g.ranges[0]!.pfns, { label: `ring of channel ${ch.relid}` }));
+      this.ringGrants.set(
+        ch.offerId,
+        this.hostView.grant(g.ranges[0]!.pfns, { label: `ring of channel ${ch.relid}` }),
+      );
       this.openRings.set(ch.offerId, r);
       const offerId = ch.offerId;
       const unclaimed = this.unclaimed;

@@ -380,7 +380,12 @@ export abstract class HvEnd implements HvSchedulable {
    */
   static replaceSameThread(detached: HvEnd, replacement: HvEnd): void {
     const peer = detached.peerLocal;
-    if (!detached.closedLocally || peer === null || peer.peerLocal !== detached || detached.scheduler === null) {
+    if (
+      !detached.closedLocally ||
+      peer === null ||
+      peer.peerLocal !== detached ||
+      detached.scheduler === null
+    ) {
       throw new Error('replaceSameThread: needs a detached end of a same-thread pair');
     }
     if (replacement.side !== detached.side || replacement.ctrl.buffer !== detached.ctrl.buffer) {
@@ -743,7 +748,8 @@ export class HvHostEnd extends HvEnd {
     for (let slot = 0; slot < this.table.capacity; slot++) {
       const key = this.localKeys[slot]!;
       if (key === PORT_KEY_DELETED) deletedSlots.push(slot);
-      else if (key !== PORT_KEY_EMPTY) ports.push({ slot, connectionId: key - 1, kinds: this.localKinds[slot]! });
+      else if (key !== PORT_KEY_EMPTY)
+        ports.push({ slot, connectionId: key - 1, kinds: this.localKinds[slot]! });
     }
     this.messageHandlers.clear();
     this.eventHandlers.fill(undefined);
@@ -798,13 +804,15 @@ export class HvHostEnd extends HvEnd {
       if (!Number.isInteger(id) || id < 0 || id > HV_CONNECTION_ID_MAX) fail(`connection id ${id}`);
       if (p.kinds !== PORT_MESSAGE && p.kinds !== PORT_EVENT && p.kinds !== (PORT_MESSAGE | PORT_EVENT))
         fail(`port kinds ${p.kinds}`);
-      if (keys[p.slot] !== PORT_KEY_EMPTY || byConnection.has(id)) fail(`port ${id} or slot ${p.slot} repeats`);
+      if (keys[p.slot] !== PORT_KEY_EMPTY || byConnection.has(id))
+        fail(`port ${id} or slot ${p.slot} repeats`);
       keys[p.slot] = id + 1;
       kinds[p.slot] = p.kinds;
       byConnection.set(id, p.slot);
     }
     for (const slot of saved.deletedSlots) {
-      if (!slotOk(slot) || keys[slot] !== PORT_KEY_EMPTY) fail('a deleted slot is outside the table or taken');
+      if (!slotOk(slot) || keys[slot] !== PORT_KEY_EMPTY)
+        fail('a deleted slot is outside the table or taken');
       keys[slot] = PORT_KEY_DELETED;
     }
     this.resumeQueues(saved.toHostReadIndex, saved.toGuestWriteIndex);

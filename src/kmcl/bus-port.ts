@@ -39,7 +39,11 @@
 import type { ClientOffer, VmbusClientOptions } from '../bus/client.js';
 import { VmbusClient } from '../bus/client.js';
 import { BusError } from '../bus/errors.js';
-import { decodeHostVmbusSavedState, encodeHostVmbusSavedState } from '../bus/saved-state.js';
+import {
+  BusSavedStateError,
+  decodeHostVmbusSavedState,
+  encodeHostVmbusSavedState,
+} from '../bus/saved-state.js';
 import {
   type ServerChannelHandle,
   type ServerChannelHandler,
@@ -49,9 +53,15 @@ import {
 } from '../bus/server.js';
 import type { HvGuestEnd, HvHostEnd } from '../hv/end.js';
 import { attachGuestPartition, type HvPartitionDescriptor, type HvTransport } from '../hv/hypervisor.js';
-import { type HostPartition, type HvSchedulable, type HvScheduler, Hypervisor } from '../hv/index.js';
+import {
+  type HostPartition,
+  HvError,
+  type HvSchedulable,
+  type HvScheduler,
+  Hypervisor,
+} from '../hv/index.js';
 import { PageAllocator } from '../memory/allocator.js';
-import { type GuestMemory, MemoryAccessError } from '../memory/guest-memory.js';
+import { GuestMemory, MemoryAccessError } from '../memory/guest-memory.js';
 import { type GrantedMdl, HostMemoryView } from '../memory/host-view.js';
 import { RingError } from '../ring/errors.js';
 import { channelRingsFromGpadl, RingMemory } from '../ring/memory.js';
@@ -369,7 +379,8 @@ export class BusKmclHost implements KmclHostBus {
     options: { timeoutMs?: number } = {},
   ): Promise<{ descriptor: HvPartitionDescriptor; image: Uint8Array; hostEnd: HvHostEnd }> {
     const e = this.entries.get(partitionId);
-    if (e === undefined || e.partition.isDestroyed) throw new Error(`detachPartition: no partition ${partitionId}`);
+    if (e === undefined || e.partition.isDestroyed)
+      throw new Error(`detachPartition: no partition ${partitionId}`);
     const deadline = Date.now() + (options.timeoutMs ?? 10_000);
     for (;;) {
       const saved = e.server.saveState();
@@ -386,7 +397,8 @@ export class BusKmclHost implements KmclHostBus {
         this.restoredPorts.delete(partitionId);
         return { descriptor, image: encodeHostVmbusSavedState({ server: saved.state, link }), hostEnd };
       }
-      if (Date.now() > deadline) throw new Error(`detachPartition: the server cannot be saved: ${saved.reason}`);
+      if (Date.now() > deadline)
+        throw new Error(`detachPartition: the server cannot be saved: ${saved.reason}`);
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
   }
@@ -405,21 +417,24 @@ export class BusKmclHost implements KmclHostBus {
     image: Uint8Array,
     options: { replacing?: HvHostEnd } = {},
   ): VmbusServer {
-    const saved = decodeHostVmbusSavedState(image);
-    if (this.entries.has(descriptor.partitionId))
+    if (this.entries.has(descriptor?.partitionId))
       throw new Error(`adoptPartition: partition ${descriptor.partitionId} is already here`);
-    const partition = this.hv.adoptPartition(descriptor, saved.link, options);
-    let server: VmbusServer;
+    // Everything is checked before the link is touched: a refusal leaves it as it was.
+    const saved = decodeHostVmbusSavedState(image);
+    if (!(descriptor?.memory instanceof SharedArrayBuffer))
+      throw new TypeError('not an HvPartitionDescriptor');
+    VmbusServer.checkRestorable(new GuestMemory(descriptor.memory), saved.server, this.options.server);
+    let partition: HostPartition;
     try {
-      server = VmbusServer.restore(partition.host, partition.memory, saved.server, {
-        ...this.options.server,
-        hostView: new HostMemoryView(partition.memory),
-      });
+      partition = this.hv.adoptPartition(descriptor, saved.link, options);
     } catch (error) {
-      // Nothing was registered: hand the link back untouched.
-      this.hv.detachPartition(partition.partitionId);
-      throw error;
+      if (!(error instanceof HvError)) throw error;
+      throw new BusSavedStateError('shape', `saved host VMBus state: ${error.message}`);
     }
+    const server = VmbusServer.restore(partition.host, partition.memory, saved.server, {
+      ...this.options.server,
+      hostView: new HostMemoryView(partition.memory),
+    });
     const entry: HostEntry = { partition, server };
     this.entries.set(partition.partitionId, entry);
     const ports: BusServerPort[] = [];
@@ -501,10 +516,15 @@ class BusServerPort implements ServerPort {
    */
   adoptRestored(interfaceType: string, interfaceInstance: string, subChannelIndex: number): void {
     const handle = this.server.claimChannel(
-      { interfaceType: Guid.parse(interfaceType), interfaceInstance: Guid.parse(interfaceInstance), subChannelIndex },
+      {
+        interfaceType: Guid.parse(interfaceType),
+        interfaceInstance: Guid.parse(interfaceInstance),
+        subChannelIndex,
+      },
       this.handler,
     );
-    if (handle === null) throw new Error(`adoptRestored: no restored channel ${interfaceType}/${interfaceInstance}`);
+    if (handle === null)
+      throw new Error(`adoptRestored: no restored channel ${interfaceType}/${interfaceInstance}`);
     this.handle = handle;
     const ch = this.server.state.channels.find((c) => c.offerId === handle.offerId)!;
     this.mmioMb = ch.offer.mmioMegabytes;

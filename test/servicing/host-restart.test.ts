@@ -106,7 +106,13 @@ describe('host restart (same thread)', () => {
           S.VmbPacketSetPointer(p, hostSeq);
           S.VmbPacketSetCompletionRoutine(p, server.routine);
           must(
-            S.VmbPacketSend(p, Uint8Array.of(hostSeq & 0xff), 1, null, VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION),
+            S.VmbPacketSend(
+              p,
+              Uint8Array.of(hostSeq & 0xff),
+              1,
+              null,
+              VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
+            ),
             'host send',
           );
           hostSeq++;
@@ -136,8 +142,14 @@ describe('host restart (same thread)', () => {
         let st = 0;
         for (const ch of chunks) st = S.VmbChannelRestoreFromBuffer(server.ch, ch, ch.length);
         must(st, 'restore');
-        assert.ok(kmclChannelInfo(server.ch).queuedOutgoing > 0, 'sends queued for a full ring were restored');
-        assert.ok(kmclChannelInfo(server.ch).awaitingCompletion > 0, 'transactions awaiting completion were restored');
+        assert.ok(
+          kmclChannelInfo(server.ch).queuedOutgoing > 0,
+          'sends queued for a full ring were restored',
+        );
+        assert.ok(
+          kmclChannelInfo(server.ch).awaitingCompletion > 0,
+          'transactions awaiting completion were restored',
+        );
         await hostBus.finishRestore(pid);
         must(S.VmbChannelEnable(server.ch), 'enable after restore');
         S.VmbChannelStart(server.ch);
@@ -148,8 +160,14 @@ describe('host restart (same thread)', () => {
         );
         assert.equal(kmclChannelInfo(c).state, 'open', 'the guest kept its channel');
       }
-      assert.deepEqual(done, Array.from({ length: hostSeq }, (_, i) => i));
-      assert.deepEqual(seen, Array.from({ length: guestSeq }, (_, i) => i));
+      assert.deepEqual(
+        done,
+        Array.from({ length: hostSeq }, (_, i) => i),
+      );
+      assert.deepEqual(
+        seen,
+        Array.from({ length: guestSeq }, (_, i) => i),
+      );
     } finally {
       await sys.close();
     }

@@ -91,7 +91,11 @@ async function main(): Promise<void> {
   const routine = (pk: VMBPACKET, status: number, buf: Uint8Array | null): void => {
     const seq = S.VmbPacketGetPointer(pk) as number;
     if (status !== STATUS_SUCCESS) fail(`transaction ${seq} completed with 0x${(status >>> 0).toString(16)}`);
-    else if (buf === null || buf.length < 4 || new DataView(buf.buffer, buf.byteOffset).getUint32(0, true) !== seq)
+    else if (
+      buf === null ||
+      buf.length < 4 ||
+      new DataView(buf.buffer, buf.byteOffset).getUint32(0, true) !== seq
+    )
       fail(`transaction ${seq}: wrong completion payload`);
     if (seq !== counters.nextDone) fail(`completion ${seq}, expected ${counters.nextDone}`);
     counters.nextDone = seq + 1;
@@ -177,8 +181,12 @@ async function main(): Promise<void> {
         inFlight: info.awaitingCompletion + info.queuedOutgoing,
         queued: info.queuedOutgoing,
       });
-    })().catch((e: unknown) => post({ ev: 'error', text: e instanceof Error ? (e.stack ?? e.message) : String(e) }));
+    })().catch((e: unknown) =>
+      post({ ev: 'error', text: e instanceof Error ? (e.stack ?? e.message) : String(e) }),
+    );
   });
 }
 
-main().catch((e: unknown) => post({ ev: 'error', text: e instanceof Error ? (e.stack ?? e.message) : String(e) }));
+main().catch((e: unknown) =>
+  post({ ev: 'error', text: e instanceof Error ? (e.stack ?? e.message) : String(e) }),
+);
