@@ -311,6 +311,16 @@ async function round(size: Size, out: Uint8Array): Promise<Round> {
   if (after.queuedOutgoing !== queued) problems.push(`${after.queuedOutgoing} queued, saved ${queued}`);
   if (after.awaitingCompletion !== n) problems.push(`${after.awaitingCompletion} transactions, saved ${n}`);
   if (b.restoredOrder.length !== n) problems.push(`${b.restoredOrder.length} restore callbacks for ${n}`);
+  // Queued packets come back first, in send order (the last `queued` sent), then the others.
+  const seen = new Uint8Array(n);
+  for (let k = 0; k < b.restoredOrder.length; k++) {
+    const seq = b.restoredOrder[k]!;
+    if ((k < queued && seq !== awaiting + k) || seq >= n || seen[seq] === 1) {
+      problems.push(`restore callback ${k} was for transaction ${seq}`);
+      break;
+    }
+    seen[seq] = 1;
+  }
   check(S2.VmbChannelEnable(b.channel), 'restored Enable');
   S2.VmbChannelStart(b.channel);
   C.VmbChannelStart(client);
