@@ -38,7 +38,11 @@ export type DeviceDriverErrorCode =
   /** A KMCL send failed (the status is in `status`). */
   | 'send-failed'
   /** The device answered an I/O with an error status (see StorageIoError). */
-  | 'io-error';
+  | 'io-error'
+  /** Servicing: the KMCL refused to save the channel (the driver carries on with it). */
+  | 'save-failed'
+  /** Servicing: a saved state that does not fit this driver, or the KMCL refused to restore it. */
+  | 'restore-failed';
 
 /** The error every driver operation rejects with. */
 export class DeviceDriverError extends Error {
@@ -204,6 +208,15 @@ export class ChannelCounters {
     this.bytesOut += bytes;
   }
 
+  /** Servicing: continues from counts a previous instance of the driver saved (its snapshot). */
+  restore(saved: ChannelCountersSnapshot): void {
+    this.packetsIn = saved.packetsIn;
+    this.bytesIn = saved.bytesIn;
+    this.packetsOut = saved.packetsOut;
+    this.bytesOut = saved.bytesOut;
+    this.errors = saved.errors;
+  }
+
   snapshot(): ChannelCountersSnapshot {
     return {
       name: this.name,
@@ -255,6 +268,23 @@ export class LatencySamples {
     this.total++;
   }
 
+  /** The samples as plain data (oldest first), to carry them to another instance. */
+  save(): LatencySamplesState {
+    const n = Math.min(this.total, this.capacity);
+    const samples: number[] = [];
+    for (let i = this.total - n; i < this.total; i++) samples.push(this.ring[i % this.capacity]!);
+    return { total: this.total, samples };
+  }
+
+  /** Continues from saved samples (the newest `capacity` of them are kept). */
+  restore(saved: LatencySamplesState): void {
+    const keep = saved.samples.slice(-this.capacity);
+    const first = saved.total - keep.length;
+    if (!Number.isSafeInteger(first) || first < 0) throw new RangeError('bad saved latency samples');
+    this.total = saved.total;
+    for (let i = 0; i < keep.length; i++) this.ring[(first + i) % this.capacity] = keep[i]!;
+  }
+
   summary(): LatencySummary {
     const n = Math.min(this.total, this.capacity);
     if (n === 0) return { count: 0, minMs: 0, maxMs: 0, meanMs: 0, p50Ms: 0, p99Ms: 0 };
@@ -271,6 +301,14 @@ export class LatencySamples {
       p99Ms: at(0.99),
     };
   }
+}
+
+/** LatencySamples as plain data. */
+export interface LatencySamplesState {
+  /** Samples recorded in total. */
+  total: number;
+  /** The last ones, oldest first (at most the capacity). */
+  samples: number[];
 }
 
 /** Block I/O as one end of a storage channel sees it. */
@@ -290,6 +328,38 @@ export class StorageIoCounters {
   maxInFlight = 0;
   readonly latency = new LatencySamples();
 
+  /** The counters as plain data, to carry them to another instance of the driver. */
+  save(): StorageIoCountersState {
+    return {
+      reads: this.reads,
+      writes: this.writes,
+      others: this.others,
+      bytesRead: this.bytesRead,
+      bytesWritten: this.bytesWritten,
+      verified: this.verified,
+      mismatches: this.mismatches,
+      errors: this.errors,
+      inFlight: this.inFlight,
+      maxInFlight: this.maxInFlight,
+      latencySamples: this.latency.save(),
+    };
+  }
+
+  /** Continues from counters a previous instance saved. */
+  restore(saved: StorageIoCountersState): void {
+    this.reads = saved.reads;
+    this.writes = saved.writes;
+    this.others = saved.others;
+    this.bytesRead = saved.bytesRead;
+    this.bytesWritten = saved.bytesWritten;
+    this.verified = saved.verified;
+    this.mismatches = saved.mismatches;
+    this.errors = saved.errors;
+    this.inFlight = saved.inFlight;
+    this.maxInFlight = saved.maxInFlight;
+    this.latency.restore(saved.latencySamples);
+  }
+
   snapshot(): StorageIoSnapshot {
     return {
       reads: this.reads,
@@ -305,6 +375,11 @@ export class StorageIoCounters {
       latency: this.latency.summary(),
     };
   }
+}
+
+/** StorageIoCounters as plain data. */
+export interface StorageIoCountersState extends Omit<StorageIoSnapshot, 'latency'> {
+  latencySamples: LatencySamplesState;
 }
 
 export interface StorageIoSnapshot {

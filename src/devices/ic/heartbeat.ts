@@ -68,6 +68,18 @@ export class HeartbeatHost extends IcHostService<HeartbeatHostEvent> {
     return msg;
   }
 
+  protected override saveRequest(): Record<string, number | string> {
+    return { sent: this.sent.toString() };
+  }
+
+  protected override restoreRequest(saved: Record<string, number | string>): void {
+    const sent = saved.sent;
+    if (typeof sent !== 'string' || !/^\d{1,20}$/.test(sent) || BigInt(sent) > U64_MASK) {
+      throw new RangeError('heartbeat host: bad saved sequence number');
+    }
+    this.sent = BigInt(sent);
+  }
+
   protected handleResponse(msg: Uint8Array, header: IcHeader): HeartbeatHostEvent {
     const b = this.needBody(msg, 'heartbeat_msg_data.seq_num', HEARTBEAT_MIN_SIZE);
     const seq = readHeartbeatSeq(msg, b);

@@ -357,6 +357,28 @@ export class KvpHost extends IcHostService<KvpHostEvent> {
     return msg;
   }
 
+  protected override saveRequest(): Record<string, number | string> {
+    return { operation: this.op, pool: this.opPool };
+  }
+
+  protected override restoreRequest(saved: Record<string, number | string>): void {
+    const { operation, pool } = saved;
+    if (
+      typeof operation !== 'number' ||
+      typeof pool !== 'number' ||
+      !Number.isInteger(operation) ||
+      operation < 0 ||
+      operation >= KVP_OP_COUNT ||
+      !Number.isInteger(pool) ||
+      pool < 0 ||
+      pool >= KVP_POOL_COUNT
+    ) {
+      throw new RangeError('kvp host: bad saved operation');
+    }
+    this.op = operation;
+    this.opPool = pool;
+  }
+
   private static checkKey(key: string): void {
     if (key.length > KVP_MAX_KEY_UNITS_IN)
       throw new RangeError(`KVP key longer than ${KVP_MAX_KEY_UNITS_IN} units`);

@@ -129,6 +129,24 @@ export abstract class IcGuestService<E> {
 
 export type IcHostState = 'idle' | 'negotiating' | 'ready' | 'failed';
 
+/**
+ * An IcHostService as plain data (servicing: a new host instance continues the conversation).
+ * The configuration (pipe header, offered versions) is not part of it: the new instance is
+ * configured as the old one was.
+ */
+export interface IcHostServiceState {
+  state: IcHostState;
+  framework: number;
+  message: number;
+  /** The request awaiting its response (the guest's answer goes to the restored service). */
+  pending: { type: number; transactionId: number } | null;
+  nextTransactionId: number;
+  /** What the service keeps about its outstanding request (heartbeat: the number sent; KVP: operation, pool). */
+  request: Record<string, number | string>;
+}
+
+const IC_HOST_STATES: readonly IcHostState[] = ['idle', 'negotiating', 'ready', 'failed'];
+
 /** Host (VSP) side of one IC service. */
 export abstract class IcHostService<E> {
   readonly pipeHeader: boolean;
@@ -160,6 +178,47 @@ export abstract class IcHostService<E> {
   get busy(): boolean {
     return this.pending !== null;
   }
+
+  /** The conversation as plain data (see IcHostServiceState). */
+  saveState(): IcHostServiceState {
+    return {
+      state: this.state,
+      framework: this.framework,
+      message: this.message,
+      pending: this.pending === null ? null : { ...this.pending },
+      nextTransactionId: this.nextTransactionId,
+      request: this.saveRequest(),
+    };
+  }
+
+  /** Continues a conversation saved by saveState (a RangeError if the state is not one). */
+  restoreState(s: IcHostServiceState): void {
+    const byte = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xff;
+    const u32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+    if (
+      !IC_HOST_STATES.includes(s.state) ||
+      !u32(s.framework) ||
+      !u32(s.message) ||
+      !byte(s.nextTransactionId) ||
+      (s.pending !== null && (!u32(s.pending.type) || !byte(s.pending.transactionId))) ||
+      (s.state === 'ready' && !(this.frameworkVersions.includes(s.framework) && this.messageVersions.includes(s.message)))
+    ) {
+      throw new RangeError(`${this.info.name} host: not a saved conversation of this service`);
+    }
+    this.state = s.state;
+    this.framework = s.framework;
+    this.message = s.message;
+    this.pending = s.pending === null ? null : { type: s.pending.type, transactionId: s.pending.transactionId };
+    this.nextTransactionId = s.nextTransactionId;
+    this.restoreRequest(s.request);
+  }
+
+  /** Service-specific state of the outstanding request, as plain data. */
+  protected saveRequest(): Record<string, number | string> {
+    return {};
+  }
+
+  protected restoreRequest(_saved: Record<string, number | string>): void {}
 
   /** The negotiate request that opens the conversation (call once, after the channel opens). */
   start(): Uint8Array {
