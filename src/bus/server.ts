@@ -1009,6 +1009,8 @@ export class VmbusServer {
     for (const ch of this.st.channels) {
       this.byRelid.set(ch.relid, ch);
       this.handlers.set(ch.offerId, unclaimedHandler);
+      // A rescind sent by the previous instance: whoever revokes again waits for RELID_RELEASED.
+      if (ch.phase === 'revoked') this.revokeWaiters.set(ch.offerId, []);
       this.unclaimed.set(ch.offerId, false);
       const r = rings.get(ch.offerId);
       if (r === undefined) continue;
