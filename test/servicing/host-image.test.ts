@@ -213,7 +213,7 @@ describe('saved host VMBus image', () => {
       let accepted = 0;
       const codes = new Set<string>();
       for (let i = 0; i < 300; i++) {
-        let image = d.image.slice();
+        let image: Uint8Array = d.image.slice();
         const kind = i % 3;
         if (kind === 0) {
           // Random byte changes in the body, checksum recomputed so the decoder has to look.
