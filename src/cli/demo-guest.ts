@@ -4,6 +4,9 @@
 // (pair i: extent i mod E, generation floor(i / E) + 1), write the pattern and read it back with
 // readVerify, so up to queueDepth requests are in flight at once while the host's heartbeats, KVP
 // and time messages share the bus. Every request is given an id and its completions are counted.
+// With --servicing the guest announces the points of its I/O at which the host is restarted, and
+// records which requests were in flight while no host ran, to check their fate at the end; its
+// drivers, channels and VMBus connection stay as they are throughout.
 // It runs in the guest's worker thread (default) or on the main thread (--same-thread).
 
 import {
@@ -41,6 +44,11 @@ export class DemoGuest {
   private firstError: string | null = null;
   private elapsedMs = 0;
   private stopping = false;
+  /** Request ids issued and not yet settled. */
+  private readonly inFlight = new Set<number>();
+  /** Servicing: the requests in flight at each probe (taken while the host was away). */
+  private readonly probes: number[][] = [];
+  private longestRequestMs = 0;
 
   constructor(
     provider: KmclProvider,
@@ -74,8 +82,25 @@ export class DemoGuest {
     return `disk "${this.inquiry}": ${geo.blockCount} blocks of ${geo.blockSize} B, vstor ${this.version}`;
   }
 
-  /** The block workload: ios / 2 write + verify pairs with up to queueDepth requests in flight. */
-  async run(progress: (text: string) => void): Promise<void> {
+  /**
+   * Servicing: the storage requests in flight now (asked while no host runs); remembered, so the
+   * report can tell whether each of them completed exactly once.
+   */
+  probe(): number {
+    this.probes.push([...this.inFlight]);
+    return this.inFlight.size;
+  }
+
+  /**
+   * The block workload: ios / 2 write + verify pairs with up to queueDepth requests in flight.
+   * `milestones` (pairs finished, ascending): `onMilestone(index, done)` is called as the
+   * workload passes each (the host restarts of --servicing); the workload itself goes on.
+   */
+  async run(
+    progress: (text: string) => void,
+    milestones: readonly number[] = [],
+    onMilestone: (index: number, done: number) => void = () => {},
+  ): Promise<void> {
     const w = this.workload;
     const storage = this.vscs.storage!;
     if (this.blockSize !== w.blockSize || this.blockCount !== w.blocks) {
@@ -92,6 +117,7 @@ export class DemoGuest {
     const step = Math.max(1, Math.ceil(pairs / 5));
     let next = 0;
     let done = 0;
+    let milestone = 0;
     const t0 = performance.now();
     const lane = async (): Promise<void> => {
       const buf = new Uint8Array(w.ioBlocks * w.blockSize);
@@ -111,6 +137,8 @@ export class DemoGuest {
           release();
         }
         done++;
+        while (milestone < milestones.length && done >= milestones[milestone]!)
+          onMilestone(milestone++, done);
         if (done % step === 0 || done === pairs) {
           const s = storage.io;
           progress(
@@ -130,26 +158,27 @@ export class DemoGuest {
     const w = this.workload;
     const storage = this.vscs.storage!;
     fillPattern(buf, 0, lba, w.ioBlocks, w.blockSize, generation);
-    try {
-      await storage.write(lba, buf);
-      this.complete(2 * i);
-    } catch (e) {
-      this.complete(2 * i);
-      this.fail(e);
-      return;
-    }
-    try {
-      await storage.readVerify(lba, buf);
-      this.complete(2 * i + 1);
-    } catch (e) {
-      this.complete(2 * i + 1);
-      this.fail(e);
-    }
+    if (!(await this.request(2 * i, () => storage.write(lba, buf)))) return;
+    await this.request(2 * i + 1, () => storage.readVerify(lba, buf));
   }
 
-  private complete(id: number): void {
-    const c = this.completions[id]!;
-    if (c < 255) this.completions[id] = c + 1;
+  /** One request with id `id`: counted in flight until it settles, then counted as completed. */
+  private async request(id: number, issue: () => Promise<unknown>): Promise<boolean> {
+    this.inFlight.add(id);
+    const t0 = performance.now();
+    try {
+      await issue();
+      return true;
+    } catch (e) {
+      this.fail(e);
+      return false;
+    } finally {
+      this.inFlight.delete(id);
+      const c = this.completions[id]!;
+      if (c < 255) this.completions[id] = c + 1;
+      const ms = performance.now() - t0;
+      if (ms > this.longestRequestMs) this.longestRequestMs = ms;
+    }
   }
 
   private fail(e: unknown): void {
@@ -185,6 +214,15 @@ export class DemoGuest {
     }
     const ts = this.vscs.timesync;
     const last = this.vscs.shutdown.lastRequest;
+    let servicingLost = 0;
+    let servicingDuplicated = 0;
+    for (const probe of this.probes) {
+      for (const id of probe) {
+        const c = this.completions[id]!;
+        if (c === 0) servicingLost++;
+        else if (c > 1) servicingDuplicated++;
+      }
+    }
     return {
       channels,
       heartbeat: {
@@ -215,6 +253,12 @@ export class DemoGuest {
         firstError: this.firstError,
         elapsedMs: this.elapsedMs,
         io: ioReport(s.io ?? this.vscs.storage!.io.snapshot()),
+      },
+      servicing: {
+        inFlight: this.probes.map((p) => p.length),
+        lost: servicingLost,
+        duplicated: servicingDuplicated,
+        longestRequestMs: this.longestRequestMs,
       },
       peerErrors: [...this.errors.peer],
       callbackErrors: [...this.errors.callback],

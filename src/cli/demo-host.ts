@@ -4,21 +4,32 @@
 // samples, and at the end a shutdown request. The disk counts, per block, how often the guest's
 // requests reached it, so the host can tell lost and duplicated requests from the workload alone.
 // It runs in the host's worker thread (default) or on the main thread (--same-thread).
+//
+// Servicing (--servicing): a host instance (its hypervisor, VMBus, KMCL provider and the DemoHost)
+// is saved as plain data (saveHostInstance) and a new instance takes over from it
+// (adoptHostInstance), in a new worker thread or on the same thread. The VSPs save their own
+// state; the DemoHost adds its workload counters; the disk's image and per-block counts live in
+// SharedArrayBuffers every instance serves, so the final report counts every instance.
 
 import {
   type DiskBackend,
   type HostVsps,
+  type HostVspsSavedState,
   HV_S_OK,
   IC_INSTANCE_IDS,
   KVP_POOL_EXTERNAL,
   KVP_POOL_GUEST,
   LatencySamples,
+  type LatencySamplesState,
   MemoryDisk,
+  type RestoredHostVsps,
+  restoreHostVsps,
   type StorageIoSnapshot,
   startHostVsps,
 } from '../devices/index.js';
-import type { KmclSystem } from '../kmcl/bus-port.js';
-import type { KmclProvider, KmclProviderOptions } from '../kmcl/index.js';
+import { type HvHostEnd, type HvPartitionDescriptor, type HvScheduler, Hypervisor } from '../hv/index.js';
+import { BusKmclHost } from '../kmcl/bus-port.js';
+import { KmclProvider, type KmclProviderOptions } from '../kmcl/index.js';
 import {
   type ChannelReport,
   type DemoWorkload,
@@ -28,6 +39,7 @@ import {
   type HostReport,
   type IoReport,
   pairsOnExtent,
+  wallMs,
 } from './demo-protocol.js';
 
 /** An offer as the host's bus recorded it. */
@@ -37,11 +49,11 @@ export interface OfferInfo {
   instance: string;
 }
 
-/** The offers of a system's first guest partition, from its VMBus server's state. */
-export function offersOf(sys: KmclSystem): () => OfferInfo[] {
+/** The offers of a host bus's first guest partition, from its VMBus server's state. */
+export function offersOf(hostBus: BusKmclHost): () => OfferInfo[] {
   return () => {
-    const partition = sys.hostBus.partitions()[0];
-    const server = partition === undefined ? undefined : sys.hostBus.server(partition.id);
+    const partition = hostBus.partitions()[0];
+    const server = partition === undefined ? undefined : hostBus.server(partition.id);
     if (server === undefined) return [];
     return server.state.channels.map((c) => ({
       relid: c.relid,
@@ -66,18 +78,50 @@ export class DemoErrorLog {
       if (this.callback.length < 20) this.callback.push(`${name}: ${errorText(e)}`);
     },
   };
+
+  /** Continues from what an earlier host instance logged (replacing what this log holds). */
+  restore(saved: { peer: readonly string[]; callback: readonly string[] }): void {
+    this.peer.splice(0, this.peer.length, ...saved.peer);
+    this.callback.splice(0, this.callback.length, ...saved.callback);
+  }
 }
 
-/** A disk that counts, per block, the reads and writes that reached it. */
+/** A CountingDisk's buffers: every host instance given them serves the same disk and counts. */
+export interface CountingDiskState {
+  blockSize: number;
+  blockCount: number;
+  image: SharedArrayBuffer;
+  reads: SharedArrayBuffer;
+  writes: SharedArrayBuffer;
+}
+
+/** A disk that counts, per block, the reads and writes that reached it (all in SharedArrayBuffers). */
 export class CountingDisk implements DiskBackend {
   readonly image: MemoryDisk;
   readonly reads: Uint32Array;
   readonly writes: Uint32Array;
+  private readonly buffers: CountingDiskState;
 
-  constructor(blockSize: number, blockCount: number) {
-    this.image = new MemoryDisk({ blockSize, blockCount });
-    this.reads = new Uint32Array(blockCount);
-    this.writes = new Uint32Array(blockCount);
+  /** A new zeroed disk, or (`shared`) the disk an earlier host instance served. */
+  constructor(blockSize: number, blockCount: number, shared?: CountingDiskState) {
+    if (shared !== undefined && (shared.blockSize !== blockSize || shared.blockCount !== blockCount)) {
+      throw new RangeError('CountingDisk: the shared disk has another geometry');
+    }
+    this.buffers = shared ?? {
+      blockSize,
+      blockCount,
+      image: new SharedArrayBuffer(blockSize * blockCount),
+      reads: new SharedArrayBuffer(4 * blockCount),
+      writes: new SharedArrayBuffer(4 * blockCount),
+    };
+    this.image = new MemoryDisk({ blockSize, blockCount, backing: this.buffers.image });
+    this.reads = new Uint32Array(this.buffers.reads);
+    this.writes = new Uint32Array(this.buffers.writes);
+  }
+
+  /** The buffers to hand to the next host instance. */
+  get shared(): CountingDiskState {
+    return { ...this.buffers };
   }
 
   get blockSize(): number {
@@ -137,10 +181,37 @@ function versionText(v: { framework: number; message: number }): string {
   return `${t(v.framework)}/${t(v.message)}`;
 }
 
+/** What a DemoHost carries to the next host instance (plain data and SharedArrayBuffers). */
+export interface DemoHostSavedState {
+  vsps: HostVspsSavedState;
+  disk: CountingDiskState;
+  versions: Record<string, string>;
+  heartbeat: {
+    rounds: number;
+    acknowledged: number;
+    outOfOrder: number;
+    failed: number;
+    latency: LatencySamplesState;
+    /** The sequence number the next round must send (decimal). */
+    expectedSent: string;
+  };
+  kvp: HostReport['kvp'];
+  shutdown: HostReport['shutdown'];
+  errors: { peer: string[]; callback: string[] };
+}
+
+export interface DemoHostOptions {
+  /** The disk to serve (default a new CountingDisk of the workload's size; tests pass a faulty one). */
+  disk?: CountingDisk;
+  /** Servicing: continue from an earlier instance (the VSPs restore their channels; call resume()). */
+  saved?: DemoHostSavedState;
+}
+
 /** The host's drivers and its side of the workload. */
 export class DemoHost {
   readonly vsps: HostVsps;
   readonly disk: CountingDisk;
+  private readonly restored: RestoredHostVsps | null = null;
   private readonly versions: Record<string, string> = {};
   private readonly heartbeat = {
     rounds: 0,
@@ -149,7 +220,9 @@ export class DemoHost {
     failed: 0,
     latency: new LatencySamples(),
   };
-  private readonly kvp = {
+  /** The sequence number the next heartbeat round must send (each continues from the last answer). */
+  private expectedSent: bigint;
+  private readonly kvp: HostReport['kvp'] = {
     written: 0,
     readBack: 0,
     matched: 0,
@@ -165,11 +238,68 @@ export class DemoHost {
     readonly workload: DemoWorkload,
     private readonly offers: () => OfferInfo[],
     private readonly errors: DemoErrorLog,
-    /** The disk to serve (default a new CountingDisk of the workload's size; tests pass a faulty one). */
-    disk?: CountingDisk,
+    options: DemoHostOptions = {},
   ) {
-    this.disk = disk ?? new CountingDisk(workload.blockSize, workload.blocks);
-    this.vsps = startHostVsps(provider, { storage: { disk: this.disk } });
+    const saved = options.saved;
+    this.disk =
+      options.disk ??
+      new CountingDisk(workload.blockSize, workload.blocks, saved === undefined ? undefined : saved.disk);
+    if (saved === undefined) {
+      this.vsps = startHostVsps(provider, { storage: { disk: this.disk } });
+      this.expectedSent = this.vsps.heartbeat.sequence;
+      return;
+    }
+    this.restored = restoreHostVsps(provider, { storage: { disk: this.disk } }, saved.vsps);
+    this.vsps = this.restored;
+    Object.assign(this.versions, saved.versions);
+    const hb = saved.heartbeat;
+    Object.assign(this.heartbeat, {
+      rounds: hb.rounds,
+      acknowledged: hb.acknowledged,
+      outOfOrder: hb.outOfOrder,
+      failed: hb.failed,
+    });
+    this.heartbeat.latency.restore(hb.latency);
+    this.expectedSent = BigInt(hb.expectedSent);
+    Object.assign(this.kvp, saved.kvp);
+    Object.assign(this.shutdown, saved.shutdown);
+    this.errors.restore(saved.errors);
+  }
+
+  /** Servicing: saves the VSPs (handing their channels off) and this host's counters. */
+  async save(): Promise<DemoHostSavedState> {
+    const vsps = await this.vsps.save();
+    const hb = this.heartbeat;
+    return {
+      vsps,
+      disk: this.disk.shared,
+      versions: { ...this.versions },
+      heartbeat: {
+        rounds: hb.rounds,
+        acknowledged: hb.acknowledged,
+        outOfOrder: hb.outOfOrder,
+        failed: hb.failed,
+        latency: hb.latency.save(),
+        expectedSent: this.expectedSent.toString(),
+      },
+      kvp: { ...this.kvp },
+      shutdown: { ...this.shutdown },
+      errors: { peer: [...this.errors.peer], callback: [...this.errors.callback] },
+    };
+  }
+
+  /** Servicing: after every channel is restored (and the bus's restore finished), serve again. */
+  resume(): void {
+    if (this.restored === null) throw new Error('DemoHost: resume() without a saved state');
+    this.restored.resume();
+  }
+
+  /**
+   * Servicing: a restored host checks its heartbeat channel with one round, which must continue
+   * the sequence where the previous instance left it.
+   */
+  async checkRestored(): Promise<void> {
+    await this.heartbeatRound();
   }
 
   /** Waits until every guest driver negotiated; returns a line describing the versions. */
@@ -188,27 +318,30 @@ export class DemoHost {
   }
 
   private async runHeartbeats(progress: (text: string) => void): Promise<void> {
-    const hb = this.vsps.heartbeat;
     const n = this.workload.heartbeats;
     const step = Math.max(1, Math.ceil(n / 4));
-    let expectedSent = hb.sequence;
     for (let i = 0; i < n; i++) {
-      this.heartbeat.rounds++;
-      try {
-        const r = await hb.heartbeat();
-        this.heartbeat.latency.add(r.latencyMs);
-        if (r.sent !== expectedSent || r.acked !== r.sent + 1n || r.status !== HV_S_OK) {
-          this.heartbeat.outOfOrder++;
-        } else {
-          this.heartbeat.acknowledged++;
-        }
-        expectedSent = r.acked;
-      } catch {
-        this.heartbeat.failed++;
-      }
+      await this.heartbeatRound();
       if ((i + 1) % step === 0 || i + 1 === n) {
         progress(`heartbeat: ${this.heartbeat.acknowledged}/${n} rounds acknowledged in sequence`);
       }
+    }
+  }
+
+  /** One heartbeat round, counted: it must send the number the last answer gave and get it + 1. */
+  private async heartbeatRound(): Promise<void> {
+    this.heartbeat.rounds++;
+    try {
+      const r = await this.vsps.heartbeat.heartbeat();
+      this.heartbeat.latency.add(r.latencyMs);
+      if (r.sent !== this.expectedSent || r.acked !== r.sent + 1n || r.status !== HV_S_OK) {
+        this.heartbeat.outOfOrder++;
+      } else {
+        this.heartbeat.acknowledged++;
+      }
+      this.expectedSent = r.acked;
+    } catch {
+      this.heartbeat.failed++;
     }
   }
 
@@ -361,4 +494,105 @@ export class DemoHost {
   async stop(): Promise<void> {
     await this.vsps.stop();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host instances (servicing)
+
+/** One host instance: its hypervisor, its VMBus (with the KMCL over it) and the demo's VSPs. */
+export interface DemoHostInstance {
+  readonly hv: Hypervisor;
+  readonly hostBus: BusKmclHost;
+  readonly host: DemoHost;
+  readonly partitionId: number;
+}
+
+/** A host instance saved for the next one: plain data and SharedArrayBuffers only. */
+export interface DemoHostInstanceSaved {
+  /** The partition (guest RAM and the SynIC link) and the host VMBus image of detachPartition. */
+  descriptor: HvPartitionDescriptor;
+  image: Uint8Array;
+  host: DemoHostSavedState;
+}
+
+/** Bytes a saved instance hands over: the VMBus image and the channels' KMCL chunks. */
+export function savedStateBytes(saved: DemoHostInstanceSaved): number {
+  const v = saved.host.vsps;
+  let n = saved.image.length;
+  for (const d of [v.heartbeat, v.shutdown, v.timesync, v.kvp, v.storage]) {
+    for (const c of d?.channel ?? []) n += c.length;
+  }
+  return n;
+}
+
+/**
+ * Saves a host instance: its VSPs (each pauses its channel; requests the guest sends meanwhile
+ * wait in the rings) and then the host VMBus, detaching the partition. `pausedAt` (wallMs) is
+ * when the instance stopped serving; `hostEnd` is for a same-thread successor.
+ */
+export async function saveHostInstance(
+  instance: DemoHostInstance,
+): Promise<{ saved: DemoHostInstanceSaved; hostEnd: HvHostEnd; pausedAt: number; saveMs: number }> {
+  const pausedAt = wallMs();
+  const t0 = performance.now();
+  const host = await instance.host.save();
+  const detached = await instance.hostBus.detachPartition(instance.partitionId);
+  return {
+    saved: { descriptor: detached.descriptor, image: detached.image, host },
+    hostEnd: detached.hostEnd,
+    pausedAt,
+    saveMs: performance.now() - t0,
+  };
+}
+
+export interface AdoptOptions {
+  /** Same thread: the scheduler the partition runs on and the detached host end it replaces. */
+  sameThread?: { scheduler: HvScheduler; replacing: HvHostEnd };
+  /** The disk to serve instead of one over the saved buffers (tests pass a faulty one). */
+  disk?: CountingDisk;
+}
+
+/**
+ * A new host instance takes over from a saved one: a new Hypervisor and BusKmclHost adopt the
+ * partition (synchronously, before anything is awaited), a new KMCL provider, the VSPs restored
+ * from their saved state, the bus's restore finished, and the channels started again. Then one
+ * heartbeat round checks the restored ICs. `resumedAt` (wallMs) is when it served again.
+ */
+export async function adoptHostInstance(
+  saved: DemoHostInstanceSaved,
+  workload: DemoWorkload,
+  errors: DemoErrorLog,
+  options: AdoptOptions = {},
+): Promise<{ instance: DemoHostInstance; restoreMs: number; resumedAt: number }> {
+  const t0 = performance.now();
+  const same = options.sameThread;
+  const hv =
+    same === undefined
+      ? new Hypervisor({ transport: 'cross-thread' })
+      : new Hypervisor({ transport: 'same-thread', scheduler: same.scheduler });
+  const hostBus = new BusKmclHost(hv);
+  hostBus.adoptPartition(
+    saved.descriptor,
+    saved.image,
+    same === undefined ? {} : { replacing: same.replacing },
+  );
+  const partitionId = saved.descriptor.partitionId;
+  const provider = KmclProvider.forHost(hostBus, errors.options);
+  const host = new DemoHost(provider, workload, offersOf(hostBus), errors, {
+    saved: saved.host,
+    ...(options.disk === undefined ? {} : { disk: options.disk }),
+  });
+  await hostBus.finishRestore(partitionId);
+  host.resume();
+  const resumedAt = wallMs();
+  const restoreMs = performance.now() - t0;
+  await host.checkRestored();
+  return { instance: { hv, hostBus, host, partitionId }, restoreMs, resumedAt };
+}
+
+/** Stops a host instance's VSPs (revoking their offers) and closes its bus and partitions. */
+export async function closeHostInstance(instance: DemoHostInstance): Promise<void> {
+  await instance.host.stop();
+  await instance.hostBus.dispose();
+  instance.hv.close();
 }

@@ -1,8 +1,9 @@
 // What the two halves of `vmbus demo` agree on without talking: the workload (plain numbers both
 // sides receive), the block pattern the guest writes and both sides check, the order in which the
 // guest's write/verify pairs walk the disk (so the host can work out how often each block must have
-// been written and read), and the plain-data reports and worker messages that cross to the main
-// thread. Nothing here holds a channel or a provider.
+// been written and read), where in the block I/O the host restarts happen with --servicing, and
+// the plain-data reports and worker messages that cross to the main thread. Nothing here holds a
+// channel or a provider.
 
 /** The workload of one demo run (numbers only: it is postMessage'd to both workers). */
 export interface DemoWorkload {
@@ -53,6 +54,20 @@ export function pairsOnExtent(w: DemoWorkload, e: number): number {
   const n = pairCount(w);
   const extents = extentCount(w);
   return Math.floor(n / extents) + (e < n % extents ? 1 : 0);
+}
+
+/**
+ * With --servicing N: the number of write/verify pairs the guest has finished when it asks for
+ * the k-th host restart (k = 1..N), spread evenly so that every restart lands mid-traffic.
+ */
+export function servicingPoints(w: DemoWorkload, cycles: number): number[] {
+  const pairs = pairCount(w);
+  return Array.from({ length: cycles }, (_, k) => Math.max(1, Math.floor(((k + 1) * pairs) / (cycles + 1))));
+}
+
+/** Milliseconds since the epoch with sub-millisecond resolution, comparable across threads. */
+export function wallMs(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /**
@@ -195,8 +210,36 @@ export interface GuestReport {
     elapsedMs: number;
     io: IoReport;
   };
+  /** With --servicing: the storage requests in flight while the host was away, and their fate. */
+  servicing: {
+    /** Requests in flight at each probe (one probe per host restart, taken while no host ran). */
+    inFlight: number[];
+    /** Of those requests: never completed, completed more than once. */
+    lost: number;
+    duplicated: number;
+    /** The longest any storage request took (the pause a host restart caused shows here). */
+    longestRequestMs: number;
+  };
   peerErrors: string[];
   callbackErrors: string[];
+}
+
+/** One host restart of --servicing, as the main thread measured it. */
+export interface ServicingCycle {
+  /** 1-based. */
+  cycle: number;
+  /** Write/verify pairs the guest had finished when it asked for the restart. */
+  atPair: number;
+  /** Storage requests the guest had in flight while the host was away. */
+  inFlight: number;
+  /** The old host instance: from pausing its channels to the partition detached. */
+  saveMs: number;
+  /** The new host instance: from adopting the partition to its channels started again. */
+  restoreMs: number;
+  /** No host served the partition: from the old instance's pause to the new one's start. */
+  awayMs: number;
+  /** Bytes handed over: the saved host VMBus image and every channel's KMCL chunks. */
+  stateBytes: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,10 +251,23 @@ export interface DemoWorkerData {
   readonly workload: DemoWorkload;
   /** Guest only: the KmclGuestDescriptor from the host (SharedArrayBuffers and numbers). */
   readonly descriptor?: unknown;
+  /** Host restarts (--servicing N; 0 without). The guest asks for them at servicingPoints. */
+  readonly servicing?: number;
+  /** Host only: a later host instance, which waits for an 'adopt' command instead of starting one. */
+  readonly standby?: boolean;
 }
 
 /** Main thread -> worker. */
-export type DemoCommand = { readonly type: 'run' } | { readonly type: 'finish' } | { readonly type: 'stop' };
+export type DemoCommand =
+  | { readonly type: 'run' }
+  | { readonly type: 'finish' }
+  | { readonly type: 'stop' }
+  /** Host: save the VSPs and detach the partition; the worker is terminated afterwards. */
+  | { readonly type: 'save' }
+  /** Standby host: take over from the saved instance (a DemoHostInstanceSaved, plain data). */
+  | { readonly type: 'adopt'; readonly saved: unknown }
+  /** Guest: how many storage requests are in flight now (asked while no host runs). */
+  | { readonly type: 'probe' };
 
 /** Worker -> main thread. */
 export type DemoEvent =
@@ -221,7 +277,21 @@ export type DemoEvent =
   | { readonly type: 'ran' }
   | { readonly type: 'report'; readonly report: HostReport | GuestReport }
   | { readonly type: 'stopped'; readonly error: string | null }
-  | { readonly type: 'error'; readonly message: string };
+  | { readonly type: 'error'; readonly message: string }
+  /** Guest: its block I/O reached servicing point `index` (0-based) with `done` pairs finished. */
+  | { readonly type: 'milestone'; readonly index: number; readonly done: number }
+  | { readonly type: 'probed'; readonly inFlight: number }
+  /** Standby host: loaded, waiting for 'adopt'. */
+  | { readonly type: 'standby' }
+  /** Host: saved and detached; `pausedAt` (wallMs) is when it stopped serving. */
+  | { readonly type: 'saved'; readonly saved: unknown; readonly saveMs: number; readonly pausedAt: number }
+  /** New host: serving again since `resumedAt` (wallMs); its heartbeat check is done. */
+  | {
+      readonly type: 'restored';
+      readonly restoreMs: number;
+      readonly resumedAt: number;
+      readonly text: string;
+    };
 
 /** One line for an error of any kind. */
 export function errorText(e: unknown): string {

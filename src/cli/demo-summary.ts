@@ -3,8 +3,10 @@
 // the cross checks that make "lost" and "duplicated" real: every heartbeat acknowledged once and
 // in sequence, every KVP value read back equal on both sides, every time message echoed, every
 // storage request completed exactly once and seen by the host's disk as often as it was sent,
-// every block verified, and each side's packet counts matching the other's. Also renders the
-// table the text mode prints. Pure: no I/O, no threads.
+// every block verified, and each side's packet counts matching the other's. With --servicing,
+// also that every host restart was done with storage requests in flight and that each of those
+// requests completed exactly once; the other checks count every host instance together. Also
+// renders the table the text mode prints. Pure: no I/O, no threads.
 
 import {
   type ChannelReport,
@@ -13,6 +15,7 @@ import {
   type GuestReport,
   type HostReport,
   pairCount,
+  type ServicingCycle,
 } from './demo-protocol.js';
 
 export interface DemoChannelSummary {
@@ -81,12 +84,31 @@ export interface DemoSummary {
       badBlocks: number;
     };
   };
-  servicing: { available: boolean; cycles: number; lost: number; duplicated: number; note: string };
+  servicing: DemoServicingSummary;
   lost: number;
   duplicated: number;
   errors: number;
   /** One line per failed check (empty when ok). */
   problems: string[];
+}
+
+/** Host restarts (--servicing): how long the host was away, and what happened to the I/O. */
+export interface DemoServicingSummary {
+  /** Restarts asked for (--servicing N; 0 without) and done. */
+  requested: number;
+  cycles: number;
+  /** Storage requests in flight while the host was away, summed over the restarts. */
+  inFlight: number;
+  /** Of those: never completed / completed more than once. */
+  lost: number;
+  duplicated: number;
+  /** Over the restarts: no host served (pause to start), saving, restoring (adopt to start). */
+  awayMs: { max: number; mean: number };
+  saveMs: { max: number; mean: number };
+  restoreMs: { max: number; mean: number };
+  /** The longest any storage request took (a restart's pause shows here). */
+  longestRequestMs: number;
+  restarts: ServicingCycle[];
 }
 
 export interface SummaryInput {
@@ -97,6 +119,8 @@ export interface SummaryInput {
   guest: GuestReport;
   /** Teardown failures (drivers stopping, the bus closing). */
   teardownErrors?: readonly string[];
+  /** Host restarts asked for and done (default none). */
+  servicing?: { requested: number; restarts: readonly ServicingCycle[] };
 }
 
 /** Joins both reports and runs every cross check. */
@@ -164,9 +188,10 @@ export function summarize(input: SummaryInput): DemoSummary {
   bytes.total = bytes.guestToHost + bytes.hostToGuest;
 
   // Heartbeat: every round acknowledged once, each answer continuing the sequence, and the
-  // guest answered exactly the rounds the host sent.
+  // guest answered exactly the rounds the host sent (plus one check round per restored host).
+  const restarts = input.servicing?.restarts ?? [];
   const hb = host.heartbeat;
-  expect('heartbeat rounds sent', hb.rounds, w.heartbeats);
+  expect('heartbeat rounds sent', hb.rounds, w.heartbeats + restarts.length);
   expect('heartbeat rounds acknowledged in sequence', hb.acknowledged + hb.outOfOrder, hb.rounds);
   error('heartbeat answers out of sequence', hb.outOfOrder);
   expect('heartbeats the guest answered', guest.heartbeat.beats, hb.rounds);
@@ -234,6 +259,47 @@ export function summarize(input: SummaryInput): DemoSummary {
   }
   error('host disk blocks not holding the last pattern written', disk.badBlocks);
   if (disk.blocksChecked !== extentCount(w) * w.ioBlocks) error('host disk blocks left unchecked', 1);
+
+  // Servicing: every restart done, mid-traffic, and the requests in flight across it completed
+  // exactly once. Those requests are already in the storage counts above, so they are not added
+  // to lost / duplicated a second time.
+  const requested = input.servicing?.requested ?? 0;
+  const sv = guest.servicing;
+  if (restarts.length !== requested) error(`host restarts done: ${restarts.length} of ${requested}`, 1);
+  if (sv.inFlight.length !== restarts.length) {
+    error(`host restarts the guest was asked about: ${sv.inFlight.length} of ${restarts.length}`, 1);
+  }
+  for (const c of restarts) {
+    if (c.inFlight === 0) {
+      error(
+        `host restart ${c.cycle}: no storage request in flight while the host was away (the I/O had ended)`,
+        1,
+      );
+    }
+  }
+  if (sv.lost > 0)
+    problems.push(`storage requests in flight across a host restart never completed: ${sv.lost}`);
+  if (sv.duplicated > 0) {
+    problems.push(
+      `storage requests in flight across a host restart completed more than once: ${sv.duplicated}`,
+    );
+  }
+  const stat = (f: (c: ServicingCycle) => number) => ({
+    max: restarts.reduce((m, c) => Math.max(m, f(c)), 0),
+    mean: restarts.length === 0 ? 0 : restarts.reduce((n, c) => n + f(c), 0) / restarts.length,
+  });
+  const servicing: DemoServicingSummary = {
+    requested,
+    cycles: restarts.length,
+    inFlight: restarts.reduce((n, c) => n + c.inFlight, 0),
+    lost: sv.lost,
+    duplicated: sv.duplicated,
+    awayMs: stat((c) => c.awayMs),
+    saveMs: stat((c) => c.saveMs),
+    restoreMs: stat((c) => c.restoreMs),
+    longestRequestMs: sv.longestRequestMs,
+    restarts: restarts.map((c) => ({ ...c })),
+  };
 
   error('messages the KMCL refused from the peer', host.peerErrors.length + guest.peerErrors.length);
   error('driver callbacks that threw', host.callbackErrors.length + guest.callbackErrors.length);
@@ -309,19 +375,13 @@ export function summarize(input: SummaryInput): DemoSummary {
         badBlocks: disk.badBlocks,
       },
     },
-    servicing: {
-      available: false,
-      cycles: 0,
-      lost: 0,
-      duplicated: 0,
-      note: 'servicing: not available yet (issue 5)',
-    },
+    servicing,
     lost,
     duplicated,
     errors,
     problems,
   };
-  summary.ok = lost === 0 && duplicated === 0 && errors === 0;
+  summary.ok = lost === 0 && duplicated === 0 && errors === 0 && sv.lost === 0 && sv.duplicated === 0;
   return summary;
 }
 
@@ -339,12 +399,12 @@ function ms(n: number): string {
   return n < 1 ? `${(n * 1000).toFixed(0)} us` : `${n.toFixed(2)} ms`;
 }
 
-/** Left-aligned first column, the rest right-aligned. */
-function table(rows: string[][]): string[] {
+/** Columns `left` left-aligned (default the first and the third), the rest right-aligned. */
+function table(rows: string[][], left: readonly number[] = [0, 2]): string[] {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) =>
     r
-      .map((cell, i) => (i === 0 || i === 2 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)))
+      .map((cell, i) => (left.includes(i) ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)))
       .join('  ')
       .trimEnd(),
   );
@@ -425,9 +485,38 @@ export function renderSummary(s: DemoSummary): string {
       ? `asked at the end, ${s.shutdown.accepted ? 'accepted' : 'NOT accepted'} by the guest`
       : 'not asked',
   );
-  lines.push(
-    `  ${s.servicing.note}; cycles ${s.servicing.cycles}, lost ${s.servicing.lost}, duplicated ${s.servicing.duplicated}`,
-  );
+  const sv = s.servicing;
+  if (sv.requested === 0) {
+    item('servicing', 'off (vmbus demo --servicing restarts the host side during the block I/O)');
+  } else {
+    const where =
+      s.mode === 'same-thread'
+        ? 'a new hypervisor, VMBus and KMCL on this thread'
+        : 'each in a new worker thread';
+    item(
+      'servicing',
+      `${sv.cycles} host restarts (${where}) with block I/O in flight: ${sv.inFlight} requests in flight ` +
+        `across them, ${sv.lost} lost, ${sv.duplicated} duplicated; the guest kept its connection and channels`,
+    );
+    item(
+      '',
+      `host away max ${ms(sv.awayMs.max)} (mean ${ms(sv.awayMs.mean)}); save max ${ms(sv.saveMs.max)}, ` +
+        `restore max ${ms(sv.restoreMs.max)}; the longest storage request took ${ms(sv.longestRequestMs)}`,
+    );
+    const rows: string[][] = [['restart', 'at pair', 'in flight', 'save', 'restore', 'host away', 'state']];
+    for (const c of sv.restarts) {
+      rows.push([
+        String(c.cycle),
+        String(c.atPair),
+        String(c.inFlight),
+        ms(c.saveMs),
+        ms(c.restoreMs),
+        ms(c.awayMs),
+        si(c.stateBytes, 'B'),
+      ]);
+    }
+    for (const l of table(rows, [])) lines.push(`  ${' '.repeat(10)}${l}`);
+  }
   lines.push('');
   lines.push(`  lost ${s.lost}, duplicated ${s.duplicated}, errors ${s.errors}`);
   for (const p of s.problems) lines.push(`  ! ${p}`);

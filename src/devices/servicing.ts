@@ -109,6 +109,21 @@ export function restoreServerChannel(
   }
 }
 
+/** True when every one of `keys` of `record` is a non-negative safe integer (saved counters). */
+export function savedCounts(record: unknown, keys: readonly string[]): boolean {
+  if (record === null || typeof record !== 'object') return false;
+  const r = record as Record<string, unknown>;
+  return keys.every((k) => typeof r[k] === 'number' && Number.isSafeInteger(r[k]) && (r[k] as number) >= 0);
+}
+
+/** The fields of ChannelCountersSnapshot that savedCounts checks. */
+export const CHANNEL_COUNTER_KEYS = ['packetsIn', 'bytesIn', 'packetsOut', 'bytesOut', 'errors'] as const;
+
+/** True when `a` and `b` are the same GUID text (any case); false for anything not a string. */
+export function sameInstance(a: unknown, b: string): boolean {
+  return typeof a === 'string' && a.toLowerCase() === b.toLowerCase();
+}
+
 /** Throws DeviceDriverError('restore-failed') unless `ok`. */
 export function checkSaved(ok: boolean, name: string, what: string): void {
   if (!ok) throw new DeviceDriverError('restore-failed', `${name}: the saved state ${what}`);

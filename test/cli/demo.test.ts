@@ -1,8 +1,9 @@
 // Tests of `vmbus demo`: the devices demo run in a child process through tsx in both modes
 // (worker threads and --same-thread, table and JSON) with a small workload, checking the exit
-// code, the table and the JSON fields and their consistency; the summary's cross checks fed with
-// reports that lost, duplicated or corrupted something; a run over a disk that drops writes; and
-// the ring-level demo (`--rings`) with the checks of its two ends.
+// code, the table and the JSON fields and their consistency; the same with --servicing (host
+// restarts mid-traffic, each in a new worker thread or a new hypervisor on the same thread); the
+// summary's cross checks fed with reports that lost, duplicated or corrupted something; a run over
+// a disk that drops writes; and the ring-level demo (`--rings`) with the checks of its two ends.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
@@ -17,6 +18,7 @@ import {
   type GuestReport,
   type HostReport,
   pairsOnExtent,
+  type ServicingCycle,
 } from '../../src/cli/demo-protocol.js';
 import type { RingDemoSummary } from '../../src/cli/demo-rings.js';
 import {
@@ -55,13 +57,19 @@ function checkSummary(s: DemoSummary, mode: DemoSummary['mode']): void {
   assert.equal(s.lost, 0);
   assert.equal(s.duplicated, 0);
   assert.equal(s.errors, 0);
-  assert.deepEqual(s.servicing, {
-    available: false,
-    cycles: 0,
-    lost: 0,
-    duplicated: 0,
-    note: 'servicing: not available yet (issue 5)',
-  });
+  const sv = s.servicing;
+  assert.deepEqual(
+    [sv.requested, sv.cycles, sv.inFlight, sv.lost, sv.duplicated, sv.restarts],
+    [0, 0, 0, 0, 0, []],
+  );
+  assert.deepEqual(
+    [sv.awayMs, sv.restoreMs],
+    [
+      { max: 0, mean: 0 },
+      { max: 0, mean: 0 },
+    ],
+  );
+  assert.ok(sv.longestRequestMs > 0);
   // Channels: every device, each with its own relid and traffic both ways.
   assert.deepEqual(s.channels.map((c) => c.name).sort(), [...CHANNELS].sort());
   const relids = s.channels.map((c) => c.relid);
@@ -135,7 +143,10 @@ describe('vmbus demo (devices) in a child process', () => {
     assert.match(out, /^ {2}total\s+\d+/m);
     assert.match(out, /300 writes, 300 reads, 300 verified, 0 mismatched, 0 errors/);
     assert.match(out, /I\/O per second, [\d.]+ MB\/s .*latency p50 .*, p99 /);
-    assert.match(out, /servicing: not available yet \(issue 5\); cycles 0, lost 0, duplicated 0/);
+    assert.match(
+      out,
+      /servicing off \(vmbus demo --servicing restarts the host side during the block I\/O\)/,
+    );
     assert.match(out, /lost 0, duplicated 0, errors 0\nOK\n$/);
   });
 
@@ -158,6 +169,13 @@ describe('vmbus demo (devices) in a child process', () => {
     assert.equal(help.status, 0);
     assert.match(help.stdout, /usage: vmbus demo/);
     assert.match(help.stdout, /--rings/);
+    assert.match(help.stdout, /--servicing \[N\]/);
+    const few = demo(['--servicing', '3', '--io', '100']);
+    assert.equal(few.status, 2);
+    assert.match(few.stderr, /--servicing 3 needs --io 512 or more/);
+    const zero = demo(['--servicing', '0']);
+    assert.equal(zero.status, 2);
+    assert.match(zero.stderr, /--servicing needs an integer in 1\.\.100/);
     const bad = demo(['--io', 'lots']);
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /--io needs an integer/);
@@ -165,6 +183,109 @@ describe('vmbus demo (devices) in a child process', () => {
     const small = demo(['--blocks', '4', '--io-blocks', '8']);
     assert.equal(small.status, 2);
     assert.match(small.stderr, /smaller than one request/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// --servicing in a child process
+
+/** Enough block I/O that every restart lands mid-traffic even on a slow, busy machine. */
+const SERVICING = ['--io', '8000', '--blocks', '2048', '--heartbeats', '40', '--kvp', '6'];
+
+/** The JSON summary of a --servicing run with `cycles` restarts. */
+function checkServicing(s: DemoSummary, mode: DemoSummary['mode'], cycles: number): void {
+  assert.equal(s.ok, true, s.problems.join('\n'));
+  assert.equal(s.mode, mode);
+  assert.deepEqual([s.lost, s.duplicated, s.errors], [0, 0, 0]);
+  const sv = s.servicing;
+  assert.deepEqual([sv.requested, sv.cycles, sv.lost, sv.duplicated], [cycles, cycles, 0, 0]);
+  assert.equal(sv.restarts.length, cycles);
+  sv.restarts.forEach((c, i) => {
+    assert.equal(c.cycle, i + 1);
+    assert.ok(c.inFlight > 0, `restart ${c.cycle}: requests were in flight`);
+    assert.ok(
+      c.atPair >= Math.floor(((i + 1) * 4000) / (cycles + 1)),
+      `restart ${c.cycle} came after its point`,
+    );
+    assert.ok(c.saveMs > 0 && c.restoreMs > 0 && c.awayMs > 0);
+    assert.ok(
+      c.awayMs + 1 >= c.saveMs && c.awayMs + 1 >= c.restoreMs,
+      'the host was away while saving and restoring',
+    );
+    assert.ok(c.stateBytes > 0);
+  });
+  assert.equal(
+    sv.inFlight,
+    sv.restarts.reduce((n, c) => n + c.inFlight, 0),
+  );
+  assert.equal(sv.awayMs.max, Math.max(...sv.restarts.map((c) => c.awayMs)));
+  // Everything counted over all host instances together, as without restarts.
+  assert.deepEqual(
+    [s.io.writes, s.io.reads, s.io.verified, s.io.host.writes, s.io.host.reads],
+    [4000, 4000, 4000, 4000, 4000],
+  );
+  assert.deepEqual(
+    [
+      s.io.host.lostWrites,
+      s.io.host.duplicatedWrites,
+      s.io.host.lostReads,
+      s.io.host.duplicatedReads,
+      s.io.host.badBlocks,
+    ],
+    [0, 0, 0, 0, 0],
+  );
+  // Each restored host checked its heartbeat channel with one round, continuing the sequence.
+  assert.deepEqual(
+    [s.heartbeat.sent, s.heartbeat.acknowledged, s.heartbeat.guestBeats],
+    [40 + cycles, 40 + cycles, 40 + cycles],
+  );
+  assert.deepEqual([s.kvp.readBackEqual, s.kvp.seenByGuest], [6, 6]);
+  assert.equal(s.timesync.echoed, s.timesync.sent);
+  assert.deepEqual(s.shutdown, { asked: true, accepted: true, seenByGuest: 1 });
+  const storage = s.channels.find((c) => c.name === 'storage')!;
+  assert.equal(storage.packets.hostToGuest, storage.packets.guestToHost);
+  assert.equal(storage.relid, 5, 'the guest kept its channel: the same relid throughout');
+}
+
+describe('vmbus demo --servicing in a child process', () => {
+  test('two worker threads: each restart a new host worker, mid-traffic; the table; exit 0', () => {
+    const r = demo([...SERVICING, '--servicing', '2']);
+    assert.equal(r.status, 0, r.stderr + r.stdout);
+    const out = r.stdout;
+    assert.match(out, /; 2 host restarts during the block I\/O \(each in a new worker thread\)/);
+    assert.match(
+      out,
+      /main {2}restart 1\/2 at pair \d+\/4000: [1-9]\d* requests in flight; host away [\d.]+ ms/,
+    );
+    assert.match(out, /main {2}restart 2\/2 at pair \d+\/4000: [1-9]\d* requests in flight/);
+    assert.match(
+      out,
+      /servicing 2 host restarts \(each in a new worker thread\) with block I\/O in flight: \d+ requests in flight across them, 0 lost, 0 duplicated/,
+    );
+    assert.match(
+      out,
+      /host away max [\d.]+ m?s \(mean [\d.]+ m?s\); save max .*, restore max .*; the longest storage request took/,
+    );
+    assert.match(out, /restart\s+at pair\s+in flight\s+save\s+restore\s+host away\s+state/);
+    assert.match(out, /^ +1 +\d+ +[1-9]\d* +[\d.]+ m?s +[\d.]+ m?s +[\d.]+ m?s +\d+ k?B$/m);
+    assert.match(out, /4000 writes, 4000 reads, 4000 verified, 0 mismatched, 0 errors/);
+    assert.match(out, /lost 0, duplicated 0, errors 0\nOK\n$/);
+  });
+
+  test('two worker threads --json: the servicing member and every check', () => {
+    const r = demo([...SERVICING, '--servicing', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    checkServicing(JSON.parse(r.stdout) as DemoSummary, 'worker-threads', 3);
+  });
+
+  test('--same-thread --json: a new hypervisor and VMBus on the same scheduler per restart', () => {
+    const r = demo([...SERVICING, '--same-thread', '--servicing', '2', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    checkServicing(JSON.parse(r.stdout) as DemoSummary, 'same-thread', 2);
+    assert.match(
+      r.stderr,
+      /2 host restarts during the block I\/O \(a new hypervisor, VMBus and KMCL on this thread\)/,
+    );
   });
 });
 
@@ -247,6 +368,50 @@ describe("the demo's checks", () => {
     assert.equal(guest.storage.completedOnce, 400);
     assert.equal(host.storage.disk.blocksChecked, 256);
     assert.equal(summary.io.verified, 200);
+  });
+
+  test('host restarts on one thread: every check holds over all instances; the servicing checks bite', async () => {
+    const w: DemoWorkload = { ...TINY, ios: 2000, queueDepth: 8 };
+    const r = await runSameThread(w, quiet, undefined, 60, 3);
+    const input = { mode: 'same-thread' as const, elapsedSeconds: 1, workload: w, ...r };
+    const s = summarize({ ...input, servicing: { requested: 3, restarts: r.restarts } });
+    assert.deepEqual(s.problems, []);
+    assert.equal(s.ok, true);
+    assert.equal(r.restarts.length, 3);
+    assert.deepEqual(
+      r.guest.servicing.inFlight,
+      r.restarts.map((c) => c.inFlight),
+    );
+    assert.ok(r.restarts.every((c) => c.inFlight > 0));
+    assert.equal(r.host.heartbeat.rounds, w.heartbeats + 3);
+    assert.equal(r.host.storage.io.writes, 1000, 'the host counted over all instances');
+    // Without the restarts' list the heartbeat rounds of the restored hosts look duplicated.
+    assert.equal(summarize(input).ok, false);
+    const again = (edit: (g: GuestReport, c: ServicingCycle[]) => void, requested = 3) => {
+      const guest = structuredClone(r.guest);
+      const restarts = structuredClone(r.restarts);
+      edit(guest, restarts);
+      return summarize({ ...input, guest, servicing: { requested, restarts } });
+    };
+    const lost = again((g) => {
+      g.servicing.lost = 1;
+    });
+    assert.equal(lost.ok, false);
+    assert.equal(lost.servicing.lost, 1);
+    assert.ok(lost.problems.some((p) => /in flight across a host restart never completed: 1/.test(p)));
+    const twice = again((g) => {
+      g.servicing.duplicated = 2;
+    });
+    assert.equal(twice.ok, false);
+    assert.equal(twice.servicing.duplicated, 2);
+    const idle = again((g, c) => {
+      c[1]!.inFlight = 0;
+      g.servicing.inFlight[1] = 0;
+    });
+    assert.equal(idle.ok, false);
+    assert.ok(idle.problems.some((p) => /host restart 2: no storage request in flight/.test(p)));
+    const missing = again(() => {}, 4);
+    assert.ok(missing.problems.some((p) => /host restarts done: 3 of 4/.test(p)));
   });
 
   test('a disk that drops writes: lost block writes, reads that do not verify, FAILED', async () => {

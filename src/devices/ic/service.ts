@@ -194,21 +194,24 @@ export abstract class IcHostService<E> {
   /** Continues a conversation saved by saveState (a RangeError if the state is not one). */
   restoreState(s: IcHostServiceState): void {
     const byte = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xff;
-    const u32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+    const u32 = (n: unknown): boolean =>
+      Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
     if (
       !IC_HOST_STATES.includes(s.state) ||
       !u32(s.framework) ||
       !u32(s.message) ||
       !byte(s.nextTransactionId) ||
       (s.pending !== null && (!u32(s.pending.type) || !byte(s.pending.transactionId))) ||
-      (s.state === 'ready' && !(this.frameworkVersions.includes(s.framework) && this.messageVersions.includes(s.message)))
+      (s.state === 'ready' &&
+        !(this.frameworkVersions.includes(s.framework) && this.messageVersions.includes(s.message)))
     ) {
       throw new RangeError(`${this.info.name} host: not a saved conversation of this service`);
     }
     this.state = s.state;
     this.framework = s.framework;
     this.message = s.message;
-    this.pending = s.pending === null ? null : { type: s.pending.type, transactionId: s.pending.transactionId };
+    this.pending =
+      s.pending === null ? null : { type: s.pending.type, transactionId: s.pending.transactionId };
     this.nextTransactionId = s.nextTransactionId;
     this.restoreRequest(s.request);
   }

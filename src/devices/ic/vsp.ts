@@ -20,6 +20,15 @@
 // transaction can never complete, as OpenVMM's IC also stops there). Unanswered negotiations and
 // requests time out (`requestTimeoutMs`) the same way. Nothing the guest sends throws out of the
 // driver.
+//
+// Servicing. `save()` pauses the channel, takes the KMCL's saved state and the VSP's own state
+// (negotiated versions, the outstanding transaction if any, counters, the heartbeat sequence) as
+// plain data, and hands the channel off. A new instance of the same VSP class, configured as the
+// old one was, continues from it: `restore(saved)` instead of `start()` reclaims the channel, and
+// `resume()` (after BusKmclHost.finishRestore on the real bus) enables and starts it. A
+// transaction outstanding at the save is completed by the guest's answer in the new instance,
+// which hands it to `carriedTransaction` (the old instance's promise rejects 'closed'). The IC
+// sends need no EvtVmbChannelSavePacket: the KMCL carries queued sends itself.
 
 import {
   type KMCL_SERVER_INTERFACE_V1,
@@ -37,12 +46,22 @@ import { WireError } from '../../wire/errors.js';
 import { Guid } from '../../wire/guid.js';
 import {
   ChannelCounters,
+  type ChannelCountersSnapshot,
   checkStart,
   Deferred,
   DeviceDriverError,
   EventHub,
   queryServerTable,
 } from '../driver-common.js';
+import {
+  CHANNEL_COUNTER_KEYS,
+  checkSaved,
+  restoreServerChannel,
+  sameInstance,
+  savedCounts,
+  saveServerChannel,
+  type VspSaveOptions,
+} from '../servicing.js';
 import {
   HEARTBEAT_SERVICE,
   IC_MAX_MESSAGE_SIZE,
@@ -53,7 +72,7 @@ import {
 } from './constants.js';
 import { HeartbeatHost, type HeartbeatHostEvent } from './heartbeat.js';
 import { KVP_POOL_COUNT, KvpHost, type KvpHostEvent, type KvpValue } from './kvp.js';
-import type { IcHostService, IcNegotiationEvent, IcServiceOptions } from './service.js';
+import type { IcHostService, IcHostServiceState, IcNegotiationEvent, IcServiceOptions } from './service.js';
 import { ShutdownHost, type ShutdownHostEvent, type ShutdownRequest } from './shutdown.js';
 import { TimeSyncHost, type TimeSyncHostEvent, unixMsToIcTime } from './timesync.js';
 
@@ -89,8 +108,30 @@ export interface IcVspOptions {
   requestTimeoutMs?: number;
 }
 
-/** 'idle' before start(); 'offered' while no guest has the channel open. */
-export type IcVspState = 'idle' | 'offered' | 'negotiating' | 'ready' | 'failed' | 'stopped';
+/**
+ * 'idle' before start() / restore(); 'offered' while no guest has the channel open; 'saved' once
+ * save() handed the channel to a new instance.
+ */
+export type IcVspState = 'idle' | 'offered' | 'negotiating' | 'ready' | 'failed' | 'stopped' | 'saved';
+
+/** An IC VSP saved by `save()`: plain data (it may be posted to another thread). */
+export interface IcVspSavedState {
+  readonly kind: 'ic-vsp';
+  readonly version: 1;
+  /** The service (heartbeat, shutdown, timesync, kvp) and the offer instance GUID. */
+  readonly service: string;
+  readonly instance: string;
+  readonly state: 'offered' | 'negotiating' | 'ready' | 'failed';
+  /** The host state machine of the open channel (null while no guest has it open). */
+  readonly protocol: IcHostServiceState | null;
+  readonly counters: ChannelCountersSnapshot;
+  /** The VSP class's own state (heartbeat: the sequence; time sync: messages sent, echoes). */
+  readonly driver: Record<string, number | string>;
+  /** The KMCL's saved state of the channel, in VmbChannelSaveContinue chunks. */
+  readonly channel: Uint8Array[];
+}
+
+const SAVED_IC_STATES: readonly IcVspSavedState['state'][] = ['offered', 'negotiating', 'ready', 'failed'];
 
 export interface IcVersions {
   framework: number;
@@ -103,6 +144,11 @@ export type IcVspEvent<E> =
   | { kind: 'opened' }
   | { kind: 'closed' }
   | { kind: 'protocol-error'; error: Error };
+
+/** A non-negative integer count in saved state. */
+function isCount(n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+}
 
 /** One IC host VSP: the channel, negotiation, and one transaction at a time. */
 export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<E>> {
@@ -121,6 +167,12 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
   private pending: Deferred<E> | null = null;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private chain: Promise<unknown> = Promise.resolve();
+  /** Servicing: a save in progress; a restored channel waiting for resume(). */
+  private saving = false;
+  private awaitingResume = false;
+  /** Servicing: the transaction the previous instance left outstanding, while it is. */
+  private carried: Deferred<E> | null = null;
+  private carriedPromise: Promise<E> | null = null;
 
   protected constructor(provider: KmclProvider, info: IcServiceInfo, instance: Guid, options: IcVspOptions) {
     this.S = queryServerTable(provider);
@@ -153,6 +205,21 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
   /** Allocates, configures and enables the server channel, and starts it (the offer goes out). */
   start(): void {
     if (this.current !== 'idle') throw new Error(`${this.info.name} VSP: start() in state ${this.current}`);
+    const S = this.S;
+    const ch = this.allocateChannel();
+    try {
+      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
+    } catch (e) {
+      S.VmbChannelCleanup(ch);
+      throw e;
+    }
+    S.VmbChannelStart(ch);
+    this.channel = ch;
+    this.current = 'offered';
+  }
+
+  /** A server channel with every Init setter done (the same for start() and restore()). */
+  private allocateChannel(): VMBCHANNEL {
     const S = this.S;
     const r = S.VmbChannelAllocate(null, true);
     checkStart(r.status, 'VmbChannelAllocate');
@@ -199,19 +266,178 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
       cb.EvtChannelPostStarted = () => this.onPostStarted();
       cb.EvtChannelClosed = () => this.onClosed();
       checkStart(S.VmbChannelInitSetStateChangeCallbacks(ch, cb), 'VmbChannelInitSetStateChangeCallbacks');
-      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
     } catch (e) {
       S.VmbChannelCleanup(ch);
       throw e;
     }
-    S.VmbChannelStart(ch);
+    return ch;
+  }
+
+  // --- servicing ---
+
+  /**
+   * Saves the VSP for a new host instance and hands its channel off (the offer stays; the guest
+   * sees nothing): pauses the channel, waiting until the packets delivered to the VSP are done,
+   * and returns the KMCL's saved channel with the VSP's state. The VSP is 'saved' afterwards: its
+   * timers stop, an outstanding transaction's promise rejects 'closed' (the restored instance
+   * gets the answer), and every later request fails. If the KMCL refuses the save, the VSP carries
+   * on and this rejects with DeviceDriverError('save-failed').
+   */
+  async save(options: VspSaveOptions = {}): Promise<IcVspSavedState> {
+    const ch = this.channel;
+    const state = this.current;
+    if (ch === null || this.saving || this.awaitingResume || !SAVED_IC_STATES.includes(state as never)) {
+      throw new DeviceDriverError('not-ready', `${this.info.name} VSP: save() in state ${state}`);
+    }
+    this.saving = true;
+    let saved: { chunks: Uint8Array[]; state: Omit<IcVspSavedState, 'channel'> };
+    try {
+      saved = await saveServerChannel(this.S, ch, `${this.info.name} VSP`, () => this.capture(), options);
+    } finally {
+      this.saving = false;
+    }
+    this.channel = null;
+    this.current = 'saved';
+    this.onStop();
+    const err = new DeviceDriverError(
+      'closed',
+      `${this.info.name} VSP was saved; a restored instance carries on`,
+    );
+    this.failOutstanding(err);
+    this.versions.reject(err);
+    return { ...saved.state, channel: saved.chunks };
+  }
+
+  /** The VSP's state while its channel is paused (taken inside save()). */
+  private capture(): Omit<IcVspSavedState, 'channel'> {
+    return {
+      kind: 'ic-vsp',
+      version: 1,
+      service: this.info.name,
+      instance: this.instance.toString(),
+      state: this.current as IcVspSavedState['state'],
+      protocol: this.service?.saveState() ?? null,
+      counters: this.counters.snapshot(),
+      driver: this.saveDriver(),
+    };
+  }
+
+  /**
+   * Instead of start(), in a new host instance: takes over from `saved` (this VSP must be
+   * configured as the saved one was). The channel is allocated and configured as start() does
+   * and restored from the saved chunks: it is back in its saved connection state, paused. Call
+   * resume() once every channel of the partition is restored (after BusKmclHost.finishRestore on
+   * the real bus). A saved state that does not fit, or that the KMCL refuses, throws
+   * DeviceDriverError('restore-failed') and changes nothing.
+   */
+  restore(saved: IcVspSavedState): this {
+    const name = `${this.info.name} VSP`;
+    if (this.current !== 'idle') throw new Error(`${name}: restore() in state ${this.current}`);
+    checkSaved(saved?.kind === 'ic-vsp' && saved.version === 1, name, 'is not an IC VSP state of version 1');
+    checkSaved(saved.service === this.info.name, name, `belongs to the ${saved.service} service`);
+    checkSaved(
+      sameInstance(saved.instance, this.instance.toString()),
+      name,
+      `belongs to the offer instance ${String(saved.instance)}`,
+    );
+    checkSaved(savedCounts(saved.counters, CHANNEL_COUNTER_KEYS), name, 'has bad counters');
+    checkSaved(
+      SAVED_IC_STATES.includes(saved.state) && (saved.protocol === null) === (saved.state === 'offered'),
+      name,
+      `has a bad state (${String(saved.state)})`,
+    );
+    checkSaved(Array.isArray(saved.channel), name, 'has no channel chunks');
+    let service: S | null = null;
+    let applyDriver: () => void;
+    try {
+      if (saved.protocol !== null) {
+        service = this.createService(this.serviceOptions());
+        service.restoreState(saved.protocol);
+      }
+      applyDriver = this.parseDriver(saved.driver ?? {});
+    } catch (e) {
+      throw new DeviceDriverError('restore-failed', `${name}: ${(e as Error).message}`, null, { cause: e });
+    }
+    const ch = this.allocateChannel();
+    try {
+      restoreServerChannel(this.S, ch, name, saved.channel);
+    } catch (e) {
+      this.S.VmbChannelCleanup(ch);
+      throw e;
+    }
+    applyDriver();
+    this.counters.restore(saved.counters);
     this.channel = ch;
-    this.current = 'offered';
+    this.service = service;
+    this.current = saved.state;
+    this.awaitingResume = true;
+    if (service?.busy && saved.state === 'ready') {
+      // The guest's answer to the previous instance's request comes here; later requests wait.
+      const d = new Deferred<E>();
+      this.pending = d;
+      this.carried = d;
+      this.carriedPromise = d.promise;
+      this.chain = d.promise.catch(() => {});
+    }
+    return this;
+  }
+
+  /**
+   * After restore(): enables the restored channel (this only confirms the offer) and starts it;
+   * the VSP is ready again if it was, and a carried transaction's timeout runs from now.
+   */
+  resume(): void {
+    const ch = this.channel;
+    if (!this.awaitingResume || ch === null) {
+      throw new Error(`${this.info.name} VSP: resume() without restore()`);
+    }
+    checkStart(this.S.VmbChannelEnable(ch), 'VmbChannelEnable');
+    this.awaitingResume = false;
+    this.S.VmbChannelStart(ch);
+    const svc = this.service;
+    if (this.current === 'ready' && svc !== null) {
+      this.versions.resolve({ framework: svc.framework, message: svc.message });
+    } else if (this.current === 'failed') {
+      this.versions.reject(
+        new DeviceDriverError('protocol', `${this.info.name}: the conversation had failed before the save`),
+      );
+    }
+    if (svc?.busy) this.arm();
+  }
+
+  /**
+   * The transaction the previous instance left outstanding at its save, settled by the guest's
+   * answer here (null if there was none).
+   */
+  get carriedTransaction(): Promise<E> | null {
+    return this.carriedPromise;
+  }
+
+  /** The VSP class's own state for save() (plain data). */
+  protected saveDriver(): Record<string, number | string> {
+    return {};
+  }
+
+  /** Checks saveDriver()'s data and returns what applies it (a RangeError if it is bad). */
+  protected parseDriver(_saved: Record<string, number | string>): () => void {
+    return () => {};
+  }
+
+  /** A carried transaction was answered in this instance. */
+  protected onCarried(_event: E): void {}
+
+  private serviceOptions(): IcServiceOptions {
+    const o = this.options;
+    return {
+      pipeHeader: !this.pipe,
+      frameworkVersions: o.frameworkVersions,
+      messageVersions: o.messageVersions,
+    };
   }
 
   /** Revokes the offer (the guest closes first) and frees the channel. Pending work rejects 'closed'. */
   async stop(): Promise<void> {
-    if (this.current === 'stopped') return;
+    if (this.current === 'stopped' || this.current === 'saved') return;
     const ch = this.channel;
     this.current = 'stopped';
     this.onStop();
@@ -242,12 +468,7 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
   // --- channel callbacks ---
 
   private onOpened(): number {
-    const o = this.options;
-    this.service = this.createService({
-      pipeHeader: !this.pipe,
-      frameworkVersions: o.frameworkVersions,
-      messageVersions: o.messageVersions,
-    });
+    this.service = this.createService(this.serviceOptions());
     if (this.versions.settled) this.versions = new Deferred();
     this.current = 'negotiating';
     this.events.emit({ kind: 'opened' });
@@ -269,7 +490,7 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
     const err = new DeviceDriverError('closed', `${this.info.name} IC channel closed`);
     this.failOutstanding(err);
     this.service = null;
-    if (this.current !== 'stopped') {
+    if (this.current !== 'stopped' && this.current !== 'saved') {
       this.current = 'offered';
       if (this.versions.settled) this.versions = new Deferred();
     }
@@ -316,6 +537,10 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
       this.disarm();
       const p = this.pending;
       this.pending = null;
+      if (p === this.carried) {
+        this.carried = null;
+        this.onCarried(event as E);
+      }
       p.resolve(event as E);
     } else {
       this.onUntracked(event as E);
@@ -357,6 +582,7 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
     this.disarm();
     const p = this.pending;
     this.pending = null;
+    if (p === this.carried) this.carried = null;
     p?.reject(err);
   }
 
@@ -476,6 +702,33 @@ export class HeartbeatVsp extends IcVsp<HeartbeatHostEvent, HeartbeatHost> {
     return new HeartbeatHost(options);
   }
 
+  protected override saveDriver(): Record<string, number | string> {
+    return { sequence: this.sequence.toString(), rounds: this.rounds, missed: this.missed };
+  }
+
+  protected override parseDriver(saved: Record<string, number | string>): () => void {
+    const { sequence, rounds, missed } = saved;
+    if (
+      typeof sequence !== 'string' ||
+      !/^\d{1,20}$/.test(sequence) ||
+      !isCount(rounds) ||
+      !isCount(missed)
+    ) {
+      throw new RangeError('bad saved heartbeat state');
+    }
+    return () => {
+      this.sequence = BigInt(sequence);
+      this.rounds = rounds;
+      this.missed = missed;
+    };
+  }
+
+  /** The round the previous instance left outstanding: the sequence continues from its answer. */
+  protected override onCarried(event: HeartbeatHostEvent): void {
+    this.sequence = event.sequence;
+    this.rounds++;
+  }
+
   /** One heartbeat round. */
   async heartbeat(): Promise<HeartbeatRound> {
     const t0 = performance.now();
@@ -561,17 +814,40 @@ export class TimeSyncVsp extends IcVsp<TimeSyncHostEvent, TimeSyncHost> {
   sent = 0;
   private readonly clock: () => number;
   private readonly referenceClock: () => bigint;
+  /** process.hrtime.bigint() when the default reference clock started (a restore continues it). */
+  private referenceStart = process.hrtime.bigint();
   private periodic: ReturnType<typeof setInterval> | null = null;
 
   constructor(provider: KmclProvider, options: TimeSyncVspOptions = {}) {
     super(provider, TIMESYNC_SERVICE, IC_INSTANCE_IDS.timesync, options);
     this.clock = options.clock ?? Date.now;
-    const t0 = process.hrtime.bigint();
-    this.referenceClock = options.referenceClock ?? (() => (process.hrtime.bigint() - t0) / 100n);
+    this.referenceClock =
+      options.referenceClock ?? (() => (process.hrtime.bigint() - this.referenceStart) / 100n);
   }
 
   protected createService(options: IcServiceOptions): TimeSyncHost {
     return new TimeSyncHost(options);
+  }
+
+  protected override saveDriver(): Record<string, number | string> {
+    return { sent: this.sent, echoes: this.echoes, referenceStart: this.referenceStart.toString() };
+  }
+
+  protected override parseDriver(saved: Record<string, number | string>): () => void {
+    const { sent, echoes, referenceStart } = saved;
+    if (
+      !isCount(sent) ||
+      !isCount(echoes) ||
+      typeof referenceStart !== 'string' ||
+      !/^\d{1,30}$/.test(referenceStart)
+    ) {
+      throw new RangeError('bad saved time sync state');
+    }
+    return () => {
+      this.sent = sent;
+      this.echoes = echoes;
+      this.referenceStart = BigInt(referenceStart);
+    };
   }
 
   /** Sends the host time (`unixMs`, default the clock) as a SYNC (set now) or a SAMPLE. */

@@ -1,6 +1,7 @@
 // Disk backends for the SCSI target: a block device of `blockCount` blocks of `blockSize` bytes,
 // read and written synchronously (same-thread runs stay deterministic). `MemoryDisk` keeps the
-// image in a Uint8Array; `FileDisk` serves a file through node:fs with an explicit size. Both check
+// image in a Uint8Array (optionally over a SharedArrayBuffer that another thread or a later host
+// instance serves too); `FileDisk` serves a file through node:fs with an explicit size. Both check
 // every access against the image and never touch a byte outside the blocks asked for.
 
 import {
@@ -71,6 +72,11 @@ export interface MemoryDiskOptions {
   readOnly?: boolean;
   /** Initial image (copied; must be blockSize * blockCount bytes). */
   data?: Uint8Array;
+  /**
+   * Keep the image in this buffer instead of a new one (not copied; exactly blockSize *
+   * blockCount bytes): every MemoryDisk over it, in any thread, serves the same blocks.
+   */
+  backing?: SharedArrayBuffer;
 }
 
 /** A disk image in memory. */
@@ -86,7 +92,11 @@ export class MemoryDisk implements DiskBackend {
     this.blockCount = options.blockCount;
     checkGeometry(this.blockSize, this.blockCount);
     this.readOnly = options.readOnly ?? false;
-    this.bytes = new Uint8Array(this.blockSize * this.blockCount);
+    const size = this.blockSize * this.blockCount;
+    if (options.backing !== undefined && options.backing.byteLength !== size) {
+      throw new RangeError(`backing buffer has ${options.backing.byteLength} bytes, the disk needs ${size}`);
+    }
+    this.bytes = options.backing === undefined ? new Uint8Array(size) : new Uint8Array(options.backing);
     if (options.data !== undefined) {
       if (options.data.length !== this.bytes.length) throw new RangeError('initial image has the wrong size');
       this.bytes.set(options.data);

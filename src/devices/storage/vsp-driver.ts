@@ -9,6 +9,13 @@
 // commands are answered with the vstor / SRB / sense status the protocol machine chose; nothing
 // the guest sends throws out of the driver. One StorageVsp per open of the channel (a reopened
 // channel starts over with BEGIN_INITIALIZATION).
+//
+// Servicing. Every packet is completed before onPacket returns, so a paused channel holds no
+// packet of the VSP's: `save()` returns the KMCL's saved channel (requests still in the ring and
+// completions queued for ring space stay with it) and the protocol state and counters as plain
+// data. A new instance given the same disk continues with `restore(saved)` instead of `start()`,
+// then `resume()`. The disk is the caller's to carry over (e.g. a MemoryDisk over a
+// SharedArrayBuffer).
 
 import {
   type KMCL_SERVER_INTERFACE_V1,
@@ -27,13 +34,24 @@ import { Guid } from '../../wire/guid.js';
 import { readU32 } from '../../wire/messages/bytes.js';
 import {
   ChannelCounters,
+  type ChannelCountersSnapshot,
   checkStart,
   Deferred,
   DeviceDriverError,
   EventHub,
   queryServerTable,
   StorageIoCounters,
+  type StorageIoCountersState,
 } from '../driver-common.js';
+import {
+  CHANNEL_COUNTER_KEYS,
+  checkSaved,
+  restoreServerChannel,
+  sameInstance,
+  savedCounts,
+  saveServerChannel,
+  type VspSaveOptions,
+} from '../servicing.js';
 import {
   HV_SCSI_GUID,
   SCSIOP_READ,
@@ -47,7 +65,7 @@ import {
 } from './constants.js';
 import type { DiskBackend } from './disk.js';
 import { type ScsiDataBuffer, ScsiTarget } from './scsi.js';
-import { StorageVsp, type StorageVspOptions } from './vsp.js';
+import { StorageVsp, type StorageVspOptions, type StorageVspProtocolState } from './vsp.js';
 import { VSTOR_PACKET_HEADER_SIZE, VSTOR_PACKET_SIZE } from './vstor.js';
 
 /** Default offer instance: the one OpenVMM gives its VTL0 SCSI controller. */
@@ -67,6 +85,20 @@ export interface StorageVspDriverOptions extends Omit<StorageVspOptions, 'target
   vmbusHandle?: VmbusUserHandle;
   targetVtl?: number;
   friendlyName?: string;
+}
+
+/** A storage VSP saved by `save()`: plain data (it may be posted to another thread). */
+export interface StorageVspDriverSavedState {
+  readonly kind: 'storage-vsp';
+  readonly version: 1;
+  /** The offer instance GUID. */
+  readonly instance: string;
+  /** The protocol of the open channel (null while no guest has it open). */
+  readonly protocol: StorageVspProtocolState | null;
+  readonly counters: ChannelCountersSnapshot;
+  readonly io: StorageIoCountersState;
+  /** The KMCL's saved state of the channel, in VmbChannelSaveContinue chunks. */
+  readonly channel: Uint8Array[];
 }
 
 export type StorageVspDriverEvent =
@@ -137,6 +169,10 @@ export class StorageVspDriver {
   private readonly data = new MdlDataBuffer();
   private initialized = new Deferred<number>();
   private stopped = false;
+  /** Servicing: a save in progress; handed off by save(); a restored channel waiting for resume(). */
+  private saving = false;
+  private saved = false;
+  private awaitingResume = false;
 
   constructor(provider: KmclProvider, options: StorageVspDriverOptions) {
     this.S = queryServerTable(provider);
@@ -163,7 +199,22 @@ export class StorageVspDriver {
   }
 
   start(): void {
-    if (this.channel !== null || this.stopped) throw new Error('StorageVspDriver: start() twice');
+    if (this.channel !== null || this.stopped || this.saved)
+      throw new Error('StorageVspDriver: start() twice');
+    const S = this.S;
+    const ch = this.allocateChannel();
+    try {
+      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
+    } catch (e) {
+      S.VmbChannelCleanup(ch);
+      throw e;
+    }
+    S.VmbChannelStart(ch);
+    this.channel = ch;
+  }
+
+  /** A server channel with every Init setter done (the same for start() and restore()). */
+  private allocateChannel(): VMBCHANNEL {
     const S = this.S;
     const o = this.options;
     const r = S.VmbChannelAllocate(null, true);
@@ -197,13 +248,131 @@ export class StorageVspDriver {
       cb.EvtChannelOpened = () => this.onOpened();
       cb.EvtChannelClosed = () => this.onClosed();
       checkStart(S.VmbChannelInitSetStateChangeCallbacks(ch, cb), 'VmbChannelInitSetStateChangeCallbacks');
-      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
     } catch (e) {
       S.VmbChannelCleanup(ch);
       throw e;
     }
-    S.VmbChannelStart(ch);
+    return ch;
+  }
+
+  // --- servicing ---
+
+  /**
+   * Saves the controller for a new host instance and hands its channel off (the offer stays; the
+   * guest sees nothing; its requests wait in the ring): pauses the channel and returns the KMCL's
+   * saved channel with the protocol state and counters. The driver is done afterwards (stop() is
+   * a no-op). If the KMCL refuses the save, the driver carries on and this rejects with
+   * DeviceDriverError('save-failed').
+   */
+  async save(options: VspSaveOptions = {}): Promise<StorageVspDriverSavedState> {
+    const ch = this.channel;
+    if (ch === null || this.stopped || this.saving || this.awaitingResume) {
+      throw new DeviceDriverError('not-ready', 'storage VSP: save() while not running');
+    }
+    this.saving = true;
+    let saved: { chunks: Uint8Array[]; state: Omit<StorageVspDriverSavedState, 'channel'> };
+    try {
+      saved = await saveServerChannel(
+        this.S,
+        ch,
+        'storage VSP',
+        () => ({
+          kind: 'storage-vsp' as const,
+          version: 1 as const,
+          instance: this.instance.toString(),
+          protocol: this.vsp?.saveState() ?? null,
+          counters: this.counters.snapshot(),
+          io: this.io.save(),
+        }),
+        options,
+      );
+    } finally {
+      this.saving = false;
+    }
+    this.channel = null;
+    this.saved = true;
+    this.stopped = true;
+    this.initialized.reject(
+      new DeviceDriverError('closed', 'storage VSP was saved; a restored instance carries on'),
+    );
+    return { ...saved.state, channel: saved.chunks };
+  }
+
+  /**
+   * Instead of start(), in a new host instance: takes over from `saved` (this driver must be
+   * configured as the saved one was and serve the same disk). The channel is allocated and
+   * configured as start() does and restored from the saved chunks, paused; call resume() once
+   * every channel of the partition is restored (after BusKmclHost.finishRestore on the real bus).
+   * A saved state that does not fit, or that the KMCL refuses, throws
+   * DeviceDriverError('restore-failed') and changes nothing.
+   */
+  restore(saved: StorageVspDriverSavedState): this {
+    const name = 'storage VSP';
+    if (this.channel !== null || this.stopped || this.saved)
+      throw new Error(`${name}: restore() after start()`);
+    checkSaved(
+      saved?.kind === 'storage-vsp' && saved.version === 1,
+      name,
+      'is not a storage VSP state of version 1',
+    );
+    checkSaved(
+      sameInstance(saved.instance, this.instance.toString()),
+      name,
+      `belongs to the offer instance ${String(saved.instance)}`,
+    );
+    checkSaved(savedCounts(saved.counters, CHANNEL_COUNTER_KEYS), name, 'has bad counters');
+    checkSaved(
+      savedCounts(saved.io, [
+        'reads',
+        'writes',
+        'others',
+        'bytesRead',
+        'bytesWritten',
+        'verified',
+        'mismatches',
+        'errors',
+        'inFlight',
+        'maxInFlight',
+      ]),
+      name,
+      'has bad I/O counters',
+    );
+    checkSaved(Array.isArray(saved.channel), name, 'has no channel chunks');
+    let vsp: StorageVsp | null = null;
+    const io = new StorageIoCounters();
+    try {
+      if (saved.protocol !== null) {
+        vsp = this.newProtocol();
+        vsp.restoreState(saved.protocol);
+      }
+      io.restore(saved.io);
+    } catch (e) {
+      throw new DeviceDriverError('restore-failed', `${name}: ${(e as Error).message}`, null, { cause: e });
+    }
+    const ch = this.allocateChannel();
+    try {
+      restoreServerChannel(this.S, ch, name, saved.channel);
+    } catch (e) {
+      this.S.VmbChannelCleanup(ch);
+      throw e;
+    }
+    this.counters.restore(saved.counters);
+    this.io.restore(saved.io);
+    this.vsp = vsp;
     this.channel = ch;
+    this.awaitingResume = true;
+    return this;
+  }
+
+  /** After restore(): enables the restored channel (this only confirms the offer) and starts it. */
+  resume(): void {
+    const ch = this.channel;
+    if (!this.awaitingResume || ch === null) throw new Error('storage VSP: resume() without restore()');
+    checkStart(this.S.VmbChannelEnable(ch), 'VmbChannelEnable');
+    this.awaitingResume = false;
+    this.S.VmbChannelStart(ch);
+    const vsp = this.vsp;
+    if (vsp !== null && vsp.state === 'ready') this.initialized.resolve(vsp.version);
   }
 
   /** Revokes the offer (the guest closes first) and frees the channel. */
@@ -219,9 +388,10 @@ export class StorageVspDriver {
     }
   }
 
-  private onOpened(): number {
+  /** A protocol machine for one open of the channel. */
+  private newProtocol(): StorageVsp {
     const o = this.options;
-    this.vsp = new StorageVsp({
+    return new StorageVsp({
       target: this.target,
       pathId: o.pathId,
       targetId: o.targetId,
@@ -230,6 +400,10 @@ export class StorageVspDriver {
       versions: o.versions,
       onCreateSubChannels: o.onCreateSubChannels,
     });
+  }
+
+  private onOpened(): number {
+    this.vsp = this.newProtocol();
     if (this.initialized.settled) this.initialized = new Deferred();
     this.events.emit({ kind: 'opened' });
     return STATUS_SUCCESS;

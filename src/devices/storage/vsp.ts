@@ -53,6 +53,21 @@ import {
 
 export type StorageVspState = 'begin' | 'query-version' | 'query-properties' | 'end-init' | 'ready';
 
+const STORAGE_VSP_STATES: readonly StorageVspState[] = [
+  'begin',
+  'query-version',
+  'query-properties',
+  'end-init',
+  'ready',
+];
+
+/** Where a StorageVsp stands in the protocol, as plain data (servicing). */
+export interface StorageVspProtocolState {
+  state: StorageVspState;
+  version: number;
+  subChannelCount: number;
+}
+
 export interface StorageVspOptions {
   target: ScsiTarget;
   /** The SCSI path / target this controller serves; other addresses see no LUNs. Default 0 / 0. */
@@ -108,6 +123,29 @@ export class StorageVsp {
     this.maxSubChannels = options.maxSubChannels ?? 0;
     this.versions = options.versions ?? VSTOR_HOST_VERSIONS;
     this.onCreateSubChannels = options.onCreateSubChannels;
+  }
+
+  /** Where the protocol stands (the configuration and the target are not part of it). */
+  saveState(): StorageVspProtocolState {
+    return { state: this.state, version: this.version, subChannelCount: this.subChannelCount };
+  }
+
+  /** Continues from saveState()'s data (a RangeError if it cannot be this controller's). */
+  restoreState(s: StorageVspProtocolState): void {
+    const negotiated = s.state !== 'begin' && s.state !== 'query-version';
+    if (
+      !STORAGE_VSP_STATES.includes(s.state) ||
+      !Number.isInteger(s.version) ||
+      (negotiated ? !this.versions.includes(s.version) : s.version !== 0) ||
+      !Number.isInteger(s.subChannelCount) ||
+      s.subChannelCount < 0 ||
+      s.subChannelCount > this.maxSubChannels
+    ) {
+      throw new RangeError('storage VSP: not a saved protocol state of this controller');
+    }
+    this.state = s.state;
+    this.version = s.version;
+    this.subChannelCount = s.subChannelCount;
   }
 
   private get multiChannel(): boolean {
