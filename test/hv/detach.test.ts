@@ -129,9 +129,12 @@ describe('host end detach and resume', () => {
     assert.deepEqual(new Int32Array(d.control), ctrl, 'the shared state is untouched');
     const host = attachHvHost(d, { resume: good, polling: true });
     const guest = attachHvGuest(d, { polling: true });
-    assert.equal(guest.hostListens(1), true, 'the resumed port table is published');
-    host.close();
-    guest.close();
+    try {
+      assert.equal(guest.hostListens(1), true, 'the resumed port table is published');
+    } finally {
+      host.close();
+      guest.close();
+    }
   });
 
   test('cross-thread style: a new end attached with `resume` takes over the queues', async () => {
@@ -139,18 +142,22 @@ describe('host end detach and resume', () => {
     const guest = attachHvGuest(d, { polling: true });
     guest.onMessage(2, () => {});
     let host = attachHvHost(d, { polling: true });
-    const got: number[] = [];
-    host.onMessage(1, (m) => got.push(m.data[0]!));
-    for (let i = 0; i < 3; i++) assert.equal(guest.tryPost(1, bytes(i)), HV_STATUS_SUCCESS);
-    host.poll();
-    const saved = host.detach();
-    for (let i = 3; i < 8; i++) assert.equal(guest.tryPost(1, bytes(i)), HV_STATUS_SUCCESS);
-    host = attachHvHost(d, { resume: saved });
-    host.onMessage(1, (m) => got.push(m.data[0]!));
-    const end = Date.now() + 5000;
-    while (got.length < 8 && Date.now() < end) await new Promise((r) => setTimeout(r, 1));
-    assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7]);
-    host.close();
-    guest.close();
+    try {
+      const got: number[] = [];
+      host.onMessage(1, (m) => got.push(m.data[0]!));
+      for (let i = 0; i < 3; i++) assert.equal(guest.tryPost(1, bytes(i)), HV_STATUS_SUCCESS);
+      host.poll();
+      const saved = host.detach();
+      for (let i = 3; i < 8; i++) assert.equal(guest.tryPost(1, bytes(i)), HV_STATUS_SUCCESS);
+      host = attachHvHost(d, { resume: saved });
+      host.onMessage(1, (m) => got.push(m.data[0]!));
+      const end = Date.now() + 5000;
+      while (got.length < 8 && Date.now() < end) await new Promise((r) => setTimeout(r, 1));
+      assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      // A failed assertion must not leave a cross-thread end keeping the test process alive.
+      host.close();
+      guest.close();
+    }
   });
 });
