@@ -17,6 +17,7 @@ import {
   type NTSTATUS,
   ntStatusName,
   queryInterface,
+  type VMBCHANNEL,
 } from '../kmcl/index.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -63,6 +64,20 @@ export function checkStart(status: NTSTATUS, what: string): void {
   if (!NT_SUCCESS(status)) {
     throw new DeviceDriverError('start-failed', `${what} failed: ${ntStatusName(status)}`, status);
   }
+}
+
+/**
+ * VmbChannelEnable + VmbChannelStart of a configured server channel (the offer goes out); on a
+ * failed Enable the channel is cleaned up and a DeviceDriverError thrown.
+ */
+export function enableAndStartServerChannel(S: KMCL_SERVER_INTERFACE_V1, ch: VMBCHANNEL): void {
+  try {
+    checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
+  } catch (e) {
+    S.VmbChannelCleanup(ch);
+    throw e;
+  }
+  S.VmbChannelStart(ch);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,52 +345,39 @@ export class StorageIoCounters {
 
   /** The counters as plain data, to carry them to another instance of the driver. */
   save(): StorageIoCountersState {
-    return {
-      reads: this.reads,
-      writes: this.writes,
-      others: this.others,
-      bytesRead: this.bytesRead,
-      bytesWritten: this.bytesWritten,
-      verified: this.verified,
-      mismatches: this.mismatches,
-      errors: this.errors,
-      inFlight: this.inFlight,
-      maxInFlight: this.maxInFlight,
-      latencySamples: this.latency.save(),
-    };
+    return { ...this.counts(), latencySamples: this.latency.save() };
   }
 
   /** Continues from counters a previous instance saved. */
   restore(saved: StorageIoCountersState): void {
-    this.reads = saved.reads;
-    this.writes = saved.writes;
-    this.others = saved.others;
-    this.bytesRead = saved.bytesRead;
-    this.bytesWritten = saved.bytesWritten;
-    this.verified = saved.verified;
-    this.mismatches = saved.mismatches;
-    this.errors = saved.errors;
-    this.inFlight = saved.inFlight;
-    this.maxInFlight = saved.maxInFlight;
+    for (const k of STORAGE_IO_COUNTS) this[k] = saved[k];
     this.latency.restore(saved.latencySamples);
   }
 
   snapshot(): StorageIoSnapshot {
-    return {
-      reads: this.reads,
-      writes: this.writes,
-      others: this.others,
-      bytesRead: this.bytesRead,
-      bytesWritten: this.bytesWritten,
-      verified: this.verified,
-      mismatches: this.mismatches,
-      errors: this.errors,
-      inFlight: this.inFlight,
-      maxInFlight: this.maxInFlight,
-      latency: this.latency.summary(),
-    };
+    return { ...this.counts(), latency: this.latency.summary() };
+  }
+
+  private counts(): Omit<StorageIoSnapshot, 'latency'> {
+    const out = {} as Omit<StorageIoSnapshot, 'latency'>;
+    for (const k of STORAGE_IO_COUNTS) out[k] = this[k];
+    return out;
   }
 }
+
+/** The plain counters of StorageIoCounters (everything but the latency samples). */
+const STORAGE_IO_COUNTS = [
+  'reads',
+  'writes',
+  'others',
+  'bytesRead',
+  'bytesWritten',
+  'verified',
+  'mismatches',
+  'errors',
+  'inFlight',
+  'maxInFlight',
+] as const satisfies readonly (keyof Omit<StorageIoSnapshot, 'latency'>)[];
 
 /** StorageIoCounters as plain data. */
 export interface StorageIoCountersState extends Omit<StorageIoSnapshot, 'latency'> {

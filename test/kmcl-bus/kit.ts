@@ -15,6 +15,7 @@ import {
   type KmclProvider,
   ntStatusName,
   queryInterface,
+  STATUS_BUFFER_OVERFLOW,
   STATUS_SUCCESS,
   VMB_CHANNEL_STATE_CHANGE_CALLBACKS_INIT,
   type VMBCHANNEL,
@@ -155,4 +156,29 @@ export function pattern(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);
   for (let i = 0; i < n; i++) b[i] = (seed * 31 + i * 7) & 0xff;
   return b;
+}
+
+/**
+ * Servicing: pauses a server channel and saves it (SaveBegin, SaveContinue in chunks of
+ * `chunkSize` until STATUS_SUCCESS, SaveEnd), then disables and cleans it up. Returns the chunks.
+ */
+export async function saveServerChannel(
+  S: KMCL_SERVER_INTERFACE_V1,
+  ch: VMBCHANNEL,
+  chunkSize = 65536,
+): Promise<Uint8Array[]> {
+  await S.VmbChannelPause(ch);
+  must(S.VmbChannelSaveBegin(ch), 'VmbChannelSaveBegin');
+  const chunks: Uint8Array[] = [];
+  for (;;) {
+    const b = new Uint8Array(chunkSize);
+    const r = S.VmbChannelSaveContinue(ch, b, b.length);
+    if (r.status !== STATUS_SUCCESS) must(r.status, 'VmbChannelSaveContinue', STATUS_BUFFER_OVERFLOW);
+    chunks.push(b.slice(0, r.BytesFilled));
+    if (r.status === STATUS_SUCCESS) break;
+  }
+  S.VmbChannelSaveEnd(ch);
+  await S.VmbChannelDisable(ch);
+  S.VmbChannelCleanup(ch);
+  return chunks;
 }

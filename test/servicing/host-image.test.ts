@@ -17,13 +17,7 @@ import type { HvHostEnd } from '../../src/hv/end.js';
 import { Hypervisor } from '../../src/hv/hypervisor.js';
 import type { HvPartitionDescriptor } from '../../src/hv/index.js';
 import { BusKmclHost, createKmclSystem, type KmclSystem } from '../../src/kmcl/bus-port.js';
-import {
-  KmclProvider,
-  kmclChannelInfo,
-  STATUS_BUFFER_OVERFLOW,
-  STATUS_SUCCESS,
-  type VMBCHANNEL,
-} from '../../src/kmcl/index.js';
+import { KmclProvider, kmclChannelInfo, type VMBCHANNEL } from '../../src/kmcl/index.js';
 import {
   clientTable,
   INSTANCE,
@@ -31,28 +25,10 @@ import {
   makeClient,
   makeServer,
   must,
+  saveServerChannel,
   serverTable,
   until,
 } from '../kmcl-bus/kit.js';
-
-type ServerTable = ReturnType<typeof serverTable>;
-
-async function saveChannel(S: ServerTable, ch: VMBCHANNEL): Promise<Uint8Array[]> {
-  await S.VmbChannelPause(ch);
-  must(S.VmbChannelSaveBegin(ch), 'SaveBegin');
-  const chunks: Uint8Array[] = [];
-  for (;;) {
-    const b = new Uint8Array(65536);
-    const r = S.VmbChannelSaveContinue(ch, b, b.length);
-    chunks.push(b.slice(0, r.BytesFilled));
-    if (r.status === STATUS_SUCCESS) break;
-    must(r.status, 'SaveContinue', STATUS_BUFFER_OVERFLOW);
-  }
-  S.VmbChannelSaveEnd(ch);
-  await S.VmbChannelDisable(ch);
-  S.VmbChannelCleanup(ch);
-  return chunks;
-}
 
 interface Detached {
   sys: KmclSystem;
@@ -86,7 +62,7 @@ async function detachedSystem(): Promise<Detached> {
   S.VmbChannelStart(s2);
   must(C.VmbChannelEnable(c), 'client enable');
   await until(() => kmclChannelInfo(c).flowing && kmclChannelInfo(s1).flowing, 'flowing');
-  const chunks = await saveChannel(S, s1);
+  const chunks = await saveServerChannel(S, s1);
   const d = await sys.hostBus.detachPartition(sys.hv.partitions()[0]!.partitionId);
   return { sys, descriptor: d.descriptor, image: d.image, hostEnd: d.hostEnd, chunks, client: c, C, seen };
 }

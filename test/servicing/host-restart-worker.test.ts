@@ -43,6 +43,19 @@ class HostInstance {
     return new HostInstance(new Worker(hostWorkerJs, { workerData: data }));
   }
 
+  /** A new host instance (a new worker) that takes over from what the previous one saved. */
+  static async takeOver(saved: Extract<HostEvent, { ev: 'saved' }>): Promise<HostInstance> {
+    const next = HostInstance.start({
+      mode: 'adopt',
+      descriptor: saved.descriptor,
+      image: saved.image,
+      chunks: saved.chunks,
+      counters: saved.counters,
+    });
+    await next.next('ready');
+    return next;
+  }
+
   send(c: HostCommand): void {
     this.worker.postMessage(c);
   }
@@ -137,14 +150,7 @@ describe('host restart in a new worker thread', () => {
         // The host is gone: the guest completes what it holds and keeps sending.
         C.VmbChannelStart(c);
         await new Promise((r) => setTimeout(r, 2));
-        host = HostInstance.start({
-          mode: 'adopt',
-          descriptor: saved.descriptor,
-          image: saved.image,
-          chunks: saved.chunks,
-          counters: saved.counters,
-        });
-        await host.next('ready');
+        host = await HostInstance.takeOver(saved);
         counters = saved.counters;
       }
       assert.ok(maxInFlight >= 4000, `thousands of transactions were in flight at a save (${maxInFlight})`);
@@ -159,14 +165,7 @@ describe('host restart in a new worker thread', () => {
         const saved = await host.next('saved');
         await host.worker.terminate();
         final = saved.counters;
-        host = HostInstance.start({
-          mode: 'adopt',
-          descriptor: saved.descriptor,
-          image: saved.image,
-          chunks: saved.chunks,
-          counters: saved.counters,
-        });
-        await host.next('ready');
+        host = await HostInstance.takeOver(saved);
         if (final.nextSeen === lastGuest && final.nextDone === hostSent) break;
         await new Promise((r) => setTimeout(r, 20));
       }

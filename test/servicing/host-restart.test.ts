@@ -10,14 +10,21 @@ import { BusKmclHost, createKmclSystem } from '../../src/kmcl/bus-port.js';
 import {
   KmclProvider,
   kmclChannelInfo,
-  STATUS_BUFFER_OVERFLOW,
   STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   type VMBCHANNEL,
   type VMBPACKET,
   VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
 } from '../../src/kmcl/index.js';
-import { clientTable, makeClient, makeServer, must, serverTable, until } from '../kmcl-bus/kit.js';
+import {
+  clientTable,
+  makeClient,
+  makeServer,
+  must,
+  saveServerChannel,
+  serverTable,
+  until,
+} from '../kmcl-bus/kit.js';
 
 type ServerTable = ReturnType<typeof serverTable>;
 
@@ -56,23 +63,6 @@ function vsp(S: ServerTable, seen: number[], done: number[]) {
       ),
   });
   return { ch, routine };
-}
-
-async function saveChannel(S: ServerTable, ch: VMBCHANNEL, chunkSize = 8192): Promise<Uint8Array[]> {
-  await S.VmbChannelPause(ch);
-  must(S.VmbChannelSaveBegin(ch), 'SaveBegin');
-  const chunks: Uint8Array[] = [];
-  for (;;) {
-    const b = new Uint8Array(chunkSize);
-    const r = S.VmbChannelSaveContinue(ch, b, b.length);
-    chunks.push(b.slice(0, r.BytesFilled));
-    if (r.status === STATUS_SUCCESS) break;
-    must(r.status, 'SaveContinue', STATUS_BUFFER_OVERFLOW);
-  }
-  S.VmbChannelSaveEnd(ch);
-  await S.VmbChannelDisable(ch);
-  S.VmbChannelCleanup(ch);
-  return chunks;
 }
 
 describe('host restart (same thread)', () => {
@@ -125,7 +115,7 @@ describe('host restart (same thread)', () => {
         await C.VmbChannelPause(c);
         hostSend(3000);
         guestSend(100);
-        const chunks = await saveChannel(S, server.ch, 4096);
+        const chunks = await saveServerChannel(S, server.ch, 4096);
         const detached = await hostBus.detachPartition(pid);
         assert.equal(detached.hostEnd, hostEnd);
         // The host is gone: the guest keeps sending into its ring, and signals.

@@ -13,14 +13,13 @@ import { BusKmclHost, createKmclSystem, type KmclGuestDescriptor } from '../../s
 import {
   KmclProvider,
   kmclChannelInfo,
-  STATUS_BUFFER_OVERFLOW,
   STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   type VMBCHANNEL,
   type VMBPACKET,
   VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
 } from '../../src/kmcl/index.js';
-import { makeServer, must, serverTable, until } from '../kmcl-bus/kit.js';
+import { makeServer, must, saveServerChannel, serverTable, until } from '../kmcl-bus/kit.js';
 
 /** What the VSP carries from one host instance to the next. */
 export interface VspCounters {
@@ -157,20 +156,8 @@ async function main(): Promise<void> {
         post({ ev: 'sent', queuedOutgoing: kmclChannelInfo(ch).queuedOutgoing });
         return;
       }
-      await S.VmbChannelPause(ch);
       const info = kmclChannelInfo(ch);
-      must(S.VmbChannelSaveBegin(ch), 'VmbChannelSaveBegin');
-      const chunks: Uint8Array[] = [];
-      for (;;) {
-        const b = new Uint8Array(m.chunkSize);
-        const r = S.VmbChannelSaveContinue(ch, b, b.length);
-        if (r.status !== STATUS_SUCCESS) must(r.status, 'VmbChannelSaveContinue', STATUS_BUFFER_OVERFLOW);
-        chunks.push(b.slice(0, r.BytesFilled));
-        if (r.status === STATUS_SUCCESS) break;
-      }
-      S.VmbChannelSaveEnd(ch);
-      await S.VmbChannelDisable(ch);
-      S.VmbChannelCleanup(ch);
+      const chunks = await saveServerChannel(S, ch, m.chunkSize);
       const detached = await hostBus.detachPartition(partitionId);
       post({
         ev: 'saved',

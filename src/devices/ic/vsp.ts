@@ -51,6 +51,7 @@ import {
   Deferred,
   DeviceDriverError,
   EventHub,
+  enableAndStartServerChannel,
   queryServerTable,
 } from '../driver-common.js';
 import {
@@ -207,13 +208,7 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
     if (this.current !== 'idle') throw new Error(`${this.info.name} VSP: start() in state ${this.current}`);
     const S = this.S;
     const ch = this.allocateChannel();
-    try {
-      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
-    } catch (e) {
-      S.VmbChannelCleanup(ch);
-      throw e;
-    }
-    S.VmbChannelStart(ch);
+    enableAndStartServerChannel(S, ch);
     this.channel = ch;
     this.current = 'offered';
   }

@@ -39,6 +39,7 @@ import {
   Deferred,
   DeviceDriverError,
   EventHub,
+  enableAndStartServerChannel,
   queryServerTable,
   StorageIoCounters,
   type StorageIoCountersState,
@@ -203,13 +204,7 @@ export class StorageVspDriver {
       throw new Error('StorageVspDriver: start() twice');
     const S = this.S;
     const ch = this.allocateChannel();
-    try {
-      checkStart(S.VmbChannelEnable(ch), 'VmbChannelEnable');
-    } catch (e) {
-      S.VmbChannelCleanup(ch);
-      throw e;
-    }
-    S.VmbChannelStart(ch);
+    enableAndStartServerChannel(S, ch);
     this.channel = ch;
   }
 
