@@ -366,7 +366,7 @@ export class StorageIoCounters {
 }
 
 /** The plain counters of StorageIoCounters (everything but the latency samples). */
-const STORAGE_IO_COUNTS = [
+export const STORAGE_IO_COUNTS = [
   'reads',
   'writes',
   'others',

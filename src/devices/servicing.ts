@@ -83,8 +83,8 @@ export async function saveServerChannel<T>(
 /**
  * Restores a configured server channel (Init setters done, not yet enabled) from the chunks
  * saveServerChannel returned: STATUS_MORE_PROCESSING_REQUIRED for every chunk but the last,
- * STATUS_SUCCESS for the last. Anything else throws DeviceDriverError('restore-failed'); the
- * channel is then still in its init phase (the caller cleans it up).
+ * STATUS_SUCCESS for the last. Anything else cleans the channel up (VmbChannelCleanup) and
+ * throws DeviceDriverError('restore-failed').
  */
 export function restoreServerChannel(
   S: KMCL_SERVER_INTERFACE_V1,
@@ -92,19 +92,17 @@ export function restoreServerChannel(
   name: string,
   chunks: readonly Uint8Array[],
 ): void {
-  if (chunks.length === 0) {
-    throw new DeviceDriverError('restore-failed', `${name}: the saved channel has no chunks`);
-  }
+  const fail = (text: string, status: number | null): never => {
+    S.VmbChannelCleanup(channel);
+    throw new DeviceDriverError('restore-failed', `${name}: ${text}`, status);
+  };
+  if (chunks.length === 0) fail('the saved channel has no chunks', null);
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i]!;
     const st = S.VmbChannelRestoreFromBuffer(channel, c, c.length);
     const want = i === chunks.length - 1 ? STATUS_SUCCESS : STATUS_MORE_PROCESSING_REQUIRED;
     if (st !== want) {
-      throw new DeviceDriverError(
-        'restore-failed',
-        `${name}: VmbChannelRestoreFromBuffer (chunk ${i + 1} of ${chunks.length}): ${ntStatusName(st)}`,
-        st,
-      );
+      fail(`VmbChannelRestoreFromBuffer (chunk ${i + 1} of ${chunks.length}): ${ntStatusName(st)}`, st);
     }
   }
 }

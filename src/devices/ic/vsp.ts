@@ -354,12 +354,7 @@ export abstract class IcVsp<E extends { kind: string }, S extends IcHostService<
       throw new DeviceDriverError('restore-failed', `${name}: ${(e as Error).message}`, null, { cause: e });
     }
     const ch = this.allocateChannel();
-    try {
-      restoreServerChannel(this.S, ch, name, saved.channel);
-    } catch (e) {
-      this.S.VmbChannelCleanup(ch);
-      throw e;
-    }
+    restoreServerChannel(this.S, ch, name, saved.channel);
     applyDriver();
     this.counters.restore(saved.counters);
     this.channel = ch;

@@ -41,6 +41,7 @@ import {
   EventHub,
   enableAndStartServerChannel,
   queryServerTable,
+  STORAGE_IO_COUNTS,
   StorageIoCounters,
   type StorageIoCountersState,
 } from '../driver-common.js';
@@ -316,22 +317,7 @@ export class StorageVspDriver {
       `belongs to the offer instance ${String(saved.instance)}`,
     );
     checkSaved(savedCounts(saved.counters, CHANNEL_COUNTER_KEYS), name, 'has bad counters');
-    checkSaved(
-      savedCounts(saved.io, [
-        'reads',
-        'writes',
-        'others',
-        'bytesRead',
-        'bytesWritten',
-        'verified',
-        'mismatches',
-        'errors',
-        'inFlight',
-        'maxInFlight',
-      ]),
-      name,
-      'has bad I/O counters',
-    );
+    checkSaved(savedCounts(saved.io, STORAGE_IO_COUNTS), name, 'has bad I/O counters');
     checkSaved(Array.isArray(saved.channel), name, 'has no channel chunks');
     let vsp: StorageVsp | null = null;
     const io = new StorageIoCounters();
@@ -345,12 +331,7 @@ export class StorageVspDriver {
       throw new DeviceDriverError('restore-failed', `${name}: ${(e as Error).message}`, null, { cause: e });
     }
     const ch = this.allocateChannel();
-    try {
-      restoreServerChannel(this.S, ch, name, saved.channel);
-    } catch (e) {
-      this.S.VmbChannelCleanup(ch);
-      throw e;
-    }
+    restoreServerChannel(this.S, ch, name, saved.channel);
     this.counters.restore(saved.counters);
     this.io.restore(saved.io);
     this.vsp = vsp;
