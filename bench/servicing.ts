@@ -1,17 +1,33 @@
 // The servicing suite: how long a KMCL server channel with 1, 1,000 and 10,000 packets in flight
-// takes to save and to restore into a new host KmclProvider (issue 5; goal: save + restore of
-// 10,000 in-flight packets in <= 50 ms, growing linearly). Every round builds a fresh loopback
-// system: a VSP's server channel sends N 8-byte transactions to a guest client that has paused, so
-// the host-to-guest ring fills and the rest of the sends queue; then the VSP pauses its channel.
-// - save: VmbChannelSaveBegin (which runs the VSP's EvtVmbChannelSavePacket twice per packet) +
-//   VmbChannelSaveContinue into one large buffer + VmbChannelSaveEnd;
-// - restore: in a NEW host KmclProvider, VmbChannelAllocate, the Init setters, and
-//   VmbChannelRestoreFromBuffer, whose EvtVmbChannelRestorePacket callbacks allocate a packet, call
-//   VmbPacketRestore and set the packet's pointer and completion routine, as a real VSP does.
-// Both are timed through the KMCL function tables only. Every round then checks, untimed, that
-// the restored channel holds the same queued and awaiting packets as the saved one, in the same
-// order, and that once started every transaction completes exactly once and in order.
+// takes to save and to restore (issue 5; goal: save + restore of 10,000 in-flight packets in
+// <= 50 ms, growing linearly), at two levels. In every round, a VSP's server channel sends N 8-byte
+// transactions to a guest client that has paused, so the host-to-guest ring fills and the rest of
+// the sends queue; then the VSP pauses its channel (untimed). Then:
+// - the channel alone, over the loopback port (a fresh LoopbackHost in manual mode per size and
+//   round):
+//   - save: VmbChannelSaveBegin (which runs the VSP's EvtVmbChannelSavePacket twice per packet) +
+//     VmbChannelSaveContinue into one large buffer + VmbChannelSaveEnd;
+//   - restore: in a NEW host KmclProvider, VmbChannelAllocate, the Init setters, and
+//     VmbChannelRestoreFromBuffer, whose EvtVmbChannelRestorePacket callbacks allocate a packet,
+//     call VmbPacketRestore and set the packet's pointer and completion routine, as a real VSP does;
+// - the whole host side, over the real VMBus (a fresh createKmclSystem, same-thread transport, per
+//   size and round), as in docs/servicing.md, "Restarting the whole host side":
+//   - host save: the channel save above + VmbChannelDisable + VmbChannelCleanup +
+//     BusKmclHost.detachPartition (the server's state and the host end's position, encoded into
+//     the host VMBus image);
+//   - host restore: a NEW Hypervisor (on the same scheduler) and BusKmclHost, adoptPartition (the
+//     image decoded and checked, the server restored), a new host KmclProvider, the channel
+//     restore above, and finishRestore.
+// The timed parts call only the KMCL function tables and, for the whole host, those bus calls.
+// The guest rings have the same sizes at both levels. Every round then checks, untimed, that the
+// restored channel holds the same queued and awaiting packets as the saved one, in the same order,
+// and that once the restored channel and the guest client are started every transaction completes
+// exactly once and in order. Each round ends with both channels disabled and cleaned up, and a
+// VMBus round with its system closed (the guest, and both host instances), so nothing is left
+// running.
 
+import { Hypervisor } from '../src/hv/hypervisor.js';
+import { BusKmclHost, createKmclSystem } from '../src/kmcl/bus-port.js';
 import {
   KMCL_CLIENT_INTERFACE_TYPE,
   type KMCL_CLIENT_INTERFACE_V1,
@@ -21,6 +37,7 @@ import {
   type KMCL_SERVER_INTERFACE_V1,
   KMCL_SERVER_INTERFACE_V1_SIZE,
   KMCL_SERVER_INTERFACE_VERSION_V1,
+  type KmclChannelInfo,
   KmclProvider,
   kmclChannelInfo,
   LoopbackHost,
@@ -53,11 +70,14 @@ const GOAL_MS = 50;
 const GOAL_PACKETS = 10_000;
 /** SaveContinue's output buffer: one chunk holds everything at every size measured here. */
 const SAVE_BUFFER_BYTES = 1 << 20;
+/** Guest RAM of each system, loopback and VMBus alike. */
+const GUEST_MEMORY_BYTES = 16 * 1024 * 1024;
 
 /**
  * One measured size. `ringPages` is the guest's host-to-guest ring (control page included): chosen
  * so that a full ring holds about a fifth of the packets and the rest queue. At 10,000 it is the
  * default ring of the tests (1,919 in the ring, 8,081 queued); at 1 the only packet is in the ring.
+ * Both levels use the same rings.
  */
 interface Size {
   readonly packets: number;
@@ -69,13 +89,16 @@ const SIZES: readonly Size[] = [
   { packets: 10_000, ringPages: 16 },
 ];
 
-/** The result of one round at one size. */
+/** The result of one round at one size and level. */
 interface Round {
   readonly saveMs: number;
   readonly restoreMs: number;
   readonly queued: number;
   readonly awaiting: number;
+  /** Bytes of the saved KMCL channel. */
   readonly savedBytes: number;
+  /** Bytes of the host VMBus image (whole-host rounds only; 0 for the channel alone). */
+  readonly imageBytes: number;
 }
 
 function check(status: number, what: string): void {
@@ -204,17 +227,14 @@ class Vsp {
   }
 }
 
-/** A loopback system whose guest client echoes each transaction's payload as its completion. */
-class Rig {
-  readonly lb = new LoopbackHost({ mode: 'manual' });
-  readonly part: LoopbackPartition;
+/** A guest client channel (allocated and configured, not enabled) that echoes each transaction's payload. */
+class GuestClient {
   readonly C: KMCL_CLIENT_INTERFACE_V1;
-  readonly client: VMBCHANNEL;
+  readonly channel: VMBCHANNEL;
 
-  constructor(ringPages: number) {
-    this.part = this.lb.addPartition({ memoryBytes: 16 * 1024 * 1024 });
+  constructor(guest: KmclProvider, ringPages: number) {
     this.C = queryInterface<KMCL_CLIENT_INTERFACE_V1>(
-      KmclProvider.forGuest(this.part.guestBus(0)),
+      guest,
       KMCL_CLIENT_INTERFACE_TYPE,
       KMCL_CLIENT_INTERFACE_V1_SIZE,
       KMCL_CLIENT_INTERFACE_VERSION_V1,
@@ -222,45 +242,43 @@ class Rig {
     const C = this.C;
     const r = C.VmbChannelAllocate(null, false);
     check(r.status, 'client VmbChannelAllocate');
-    this.client = r.Channel!;
-    check(C.VmbClientChannelInitSetTargetPnp(this.client, TYPE, null, null), 'target pnp');
-    check(C.VmbClientChannelInitSetRingBufferPageCount(this.client, ringPages, 16), 'ring pages');
+    this.channel = r.Channel!;
+    check(C.VmbClientChannelInitSetTargetPnp(this.channel, TYPE, null, null), 'target pnp');
+    check(C.VmbClientChannelInitSetRingBufferPageCount(this.channel, ringPages, 16), 'ring pages');
     check(
       C.VmbChannelInitSetProcessPacketCallbacks(
-        this.client,
+        this.channel,
         (_ch, packet, buffer, length) => C.VmbChannelPacketComplete(packet, buffer, length),
         null,
       ),
       'client callbacks',
     );
   }
+}
 
-  idle(): Promise<void> {
-    return this.lb.idle();
-  }
+/** What `fill` left: the server channel's state after its Pause, and how many packets are where. */
+interface Filled {
+  readonly before: KmclChannelInfo;
+  readonly queued: number;
+  readonly awaiting: number;
 }
 
 /**
- * One round at one size: sets up N in-flight packets, times the save and the restore, and checks
- * the restored channel (untimed). `out` is SaveContinue's buffer (reused across rounds).
+ * Opens the channel, then pauses the guest client and sends `n` transactions: they fill the
+ * host-to-guest ring, then queue in the host's KMCL. Then pauses the server channel (untimed).
  */
-async function round(size: Size, out: Uint8Array): Promise<Round> {
-  const n = size.packets;
-  const rig = new Rig(size.ringPages);
-  const { C, client } = rig;
-  const S1 = serverTable(KmclProvider.forHost(rig.lb));
-  const a = new Vsp(S1);
-  check(S1.VmbChannelEnable(a.channel), 'server enable');
-  S1.VmbChannelStart(a.channel);
-  check(C.VmbChannelEnable(client), 'client enable');
-  await rig.idle();
-  if (!kmclChannelInfo(a.channel).flowing) throw new Error('servicing bench: the channel did not open');
-  // The guest stops reading: the transactions fill its ring, then queue in the host's KMCL.
-  await C.VmbChannelPause(client);
-  for (let i = 0; i < n; i++) a.send(i);
-  await rig.idle();
-  await S1.VmbChannelPause(a.channel);
-  const before = kmclChannelInfo(a.channel);
+async function fill(vsp: Vsp, guest: GuestClient, n: number, idle: () => Promise<void>): Promise<Filled> {
+  const { S, channel } = vsp;
+  check(S.VmbChannelEnable(channel), 'server enable');
+  S.VmbChannelStart(channel);
+  check(guest.C.VmbChannelEnable(guest.channel), 'client enable');
+  await idle();
+  if (!kmclChannelInfo(channel).flowing) throw new Error('servicing bench: the channel did not open');
+  await guest.C.VmbChannelPause(guest.channel);
+  for (let i = 0; i < n; i++) vsp.send(i);
+  await idle();
+  await S.VmbChannelPause(channel);
+  const before = kmclChannelInfo(channel);
   const queued = before.queuedOutgoing;
   const awaiting = before.awaitingCompletion - queued;
   if (before.awaitingCompletion !== n) {
@@ -269,21 +287,124 @@ async function round(size: Size, out: Uint8Array): Promise<Round> {
   if (n >= 1000 && (queued === 0 || awaiting === 0)) {
     throw new Error(`servicing bench: expected a full ring and queued sends, got ${queued} queued`);
   }
+  return { before, queued, awaiting };
+}
 
-  // --- save (Pause is done) ---
+/**
+ * VmbChannelSaveBegin + SaveContinue into `out` + SaveEnd (the channel is paused). Returns the
+ * chunks (views into `out`) and their total size.
+ */
+function saveChannel(
+  S: KMCL_SERVER_INTERFACE_V1,
+  channel: VMBCHANNEL,
+  out: Uint8Array,
+): { chunks: Uint8Array[]; bytes: number } {
   const chunks: Uint8Array[] = [];
-  const t0 = performance.now();
-  check(S1.VmbChannelSaveBegin(a.channel), 'VmbChannelSaveBegin');
+  check(S.VmbChannelSaveBegin(channel), 'VmbChannelSaveBegin');
   let offset = 0;
   for (;;) {
-    const r = S1.VmbChannelSaveContinue(a.channel, out.subarray(offset), out.length - offset);
+    const r = S.VmbChannelSaveContinue(channel, out.subarray(offset), out.length - offset);
     if (r.status !== STATUS_SUCCESS && r.status !== STATUS_BUFFER_OVERFLOW) check(r.status, 'SaveContinue');
     chunks.push(out.subarray(offset, offset + r.BytesFilled));
     offset += r.BytesFilled;
     if (r.status === STATUS_SUCCESS) break;
     if (offset === out.length) throw new Error('servicing bench: the save does not fit the buffer');
   }
-  S1.VmbChannelSaveEnd(a.channel);
+  S.VmbChannelSaveEnd(channel);
+  return { chunks, bytes: offset };
+}
+
+/** A new VSP (VmbChannelAllocate + Init setters) and VmbChannelRestoreFromBuffer of every chunk. */
+function restoreChannel(S: KMCL_SERVER_INTERFACE_V1, chunks: readonly Uint8Array[]): Vsp {
+  const vsp = new Vsp(S);
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i]!;
+    const st = S.VmbChannelRestoreFromBuffer(vsp.channel, c, c.length);
+    const want = i === chunks.length - 1 ? STATUS_SUCCESS : STATUS_MORE_PROCESSING_REQUIRED;
+    if (st !== want) {
+      throw new Error(`servicing bench: VmbChannelRestoreFromBuffer chunk ${i}: ${ntStatusName(st)}`);
+    }
+  }
+  return vsp;
+}
+
+/** Untimed: the restored channel holds the same packets as the saved one, in the same places. */
+function restoredProblems(vsp: Vsp, n: number, filled: Filled): string[] {
+  const { before, queued, awaiting } = filled;
+  const after = kmclChannelInfo(vsp.channel);
+  const problems: string[] = [];
+  if (after.state !== before.state) problems.push(`restored state ${after.state}, saved ${before.state}`);
+  if (after.queuedOutgoing !== queued) problems.push(`${after.queuedOutgoing} queued, saved ${queued}`);
+  if (after.awaitingCompletion !== n) problems.push(`${after.awaitingCompletion} transactions, saved ${n}`);
+  if (vsp.restoredOrder.length !== n) problems.push(`${vsp.restoredOrder.length} restore callbacks for ${n}`);
+  // Queued packets come back first, in send order (the last `queued` sent), then the others.
+  const seen = new Uint8Array(n);
+  for (let k = 0; k < vsp.restoredOrder.length; k++) {
+    const seq = vsp.restoredOrder[k]!;
+    if ((k < queued && seq !== awaiting + k) || seq >= n || seen[seq] === 1) {
+      problems.push(`restore callback ${k} was for transaction ${seq}`);
+      break;
+    }
+    seen[seq] = 1;
+  }
+  return problems;
+}
+
+/**
+ * Untimed: enables and starts the restored channel, starts the guest client, waits for the system
+ * to be idle, and adds to `problems` unless every transaction completed exactly once and in order.
+ */
+async function completeAll(
+  vsp: Vsp,
+  guest: GuestClient,
+  n: number,
+  idle: () => Promise<void>,
+  problems: string[],
+): Promise<void> {
+  check(vsp.S.VmbChannelEnable(vsp.channel), 'restored Enable');
+  vsp.S.VmbChannelStart(vsp.channel);
+  guest.C.VmbChannelStart(guest.channel);
+  await idle();
+  if (vsp.completed.length !== n) problems.push(`${vsp.completed.length} of ${n} transactions completed`);
+  for (let i = 0; i < vsp.completed.length; i++) {
+    if (vsp.completed[i] !== i) {
+      problems.push(`completion ${i} was transaction ${vsp.completed[i]}`);
+      break;
+    }
+  }
+  if (vsp.failures > 0) problems.push(`${vsp.failures} failures, first: ${vsp.firstFailure}`);
+}
+
+/** Untimed: disables and cleans up both channels. */
+async function closeChannels(vsp: Vsp, guest: GuestClient, idle: () => Promise<void>): Promise<void> {
+  const closing = Promise.all([
+    guest.C.VmbChannelDisable(guest.channel),
+    vsp.S.VmbChannelDisable(vsp.channel),
+  ]);
+  await idle();
+  await closing;
+  guest.C.VmbChannelCleanup(guest.channel);
+  vsp.S.VmbChannelCleanup(vsp.channel);
+}
+
+/**
+ * One round of the channel alone at one size, over the loopback port: sets up N in-flight packets,
+ * times the save and the restore into a new host provider, and checks the restored channel
+ * (untimed). `out` is SaveContinue's buffer (reused across rounds).
+ */
+async function channelRound(size: Size, out: Uint8Array): Promise<Round> {
+  const n = size.packets;
+  const lb = new LoopbackHost({ mode: 'manual' });
+  const idle = () => lb.idle();
+  const part: LoopbackPartition = lb.addPartition({ memoryBytes: GUEST_MEMORY_BYTES });
+  const guest = new GuestClient(KmclProvider.forGuest(part.guestBus(0)), size.ringPages);
+  const S1 = serverTable(KmclProvider.forHost(lb));
+  const a = new Vsp(S1);
+  const filled = await fill(a, guest, n, idle);
+
+  // --- save (Pause is done) ---
+  const t0 = performance.now();
+  const saved = saveChannel(S1, a.channel, out);
   const saveMs = performance.now() - t0;
   if (kmclChannelInfo(a.channel).state !== 'disabled')
     throw new Error('servicing bench: the saved channel did not hand its state off');
@@ -291,55 +412,85 @@ async function round(size: Size, out: Uint8Array): Promise<Round> {
   S1.VmbChannelCleanup(a.channel);
 
   // --- restore into a new host provider ---
-  const S2 = serverTable(KmclProvider.forHost(rig.lb));
+  const S2 = serverTable(KmclProvider.forHost(lb));
   const t1 = performance.now();
-  const b = new Vsp(S2);
-  for (let i = 0; i < chunks.length; i++) {
-    const c = chunks[i]!;
-    const st = S2.VmbChannelRestoreFromBuffer(b.channel, c, c.length);
-    const want = i === chunks.length - 1 ? STATUS_SUCCESS : STATUS_MORE_PROCESSING_REQUIRED;
-    if (st !== want) {
-      throw new Error(`servicing bench: VmbChannelRestoreFromBuffer chunk ${i}: ${ntStatusName(st)}`);
-    }
-  }
+  const b = restoreChannel(S2, saved.chunks);
   const restoreMs = performance.now() - t1;
 
   // --- checks (untimed): the same packets, in the same places, and they all complete ---
-  const after = kmclChannelInfo(b.channel);
-  const problems: string[] = [];
-  if (after.state !== before.state) problems.push(`restored state ${after.state}, saved ${before.state}`);
-  if (after.queuedOutgoing !== queued) problems.push(`${after.queuedOutgoing} queued, saved ${queued}`);
-  if (after.awaitingCompletion !== n) problems.push(`${after.awaitingCompletion} transactions, saved ${n}`);
-  if (b.restoredOrder.length !== n) problems.push(`${b.restoredOrder.length} restore callbacks for ${n}`);
-  // Queued packets come back first, in send order (the last `queued` sent), then the others.
-  const seen = new Uint8Array(n);
-  for (let k = 0; k < b.restoredOrder.length; k++) {
-    const seq = b.restoredOrder[k]!;
-    if ((k < queued && seq !== awaiting + k) || seq >= n || seen[seq] === 1) {
-      problems.push(`restore callback ${k} was for transaction ${seq}`);
-      break;
-    }
-    seen[seq] = 1;
-  }
-  check(S2.VmbChannelEnable(b.channel), 'restored Enable');
-  S2.VmbChannelStart(b.channel);
-  C.VmbChannelStart(client);
-  await rig.idle();
-  if (b.completed.length !== n) problems.push(`${b.completed.length} of ${n} transactions completed`);
-  for (let i = 0; i < b.completed.length; i++) {
-    if (b.completed[i] !== i) {
-      problems.push(`completion ${i} was transaction ${b.completed[i]}`);
-      break;
-    }
-  }
-  if (b.failures > 0) problems.push(`${b.failures} failures, first: ${b.firstFailure}`);
+  const problems = restoredProblems(b, n, filled);
+  await completeAll(b, guest, n, idle, problems);
   if (problems.length > 0) throw new Error(`servicing bench, ${n} packets: ${problems.join('; ')}`);
-  const closing = Promise.all([C.VmbChannelDisable(client), S2.VmbChannelDisable(b.channel)]);
-  await rig.idle();
-  await closing;
-  C.VmbChannelCleanup(client);
-  S2.VmbChannelCleanup(b.channel);
-  return { saveMs, restoreMs, queued, awaiting, savedBytes: offset };
+  await closeChannels(b, guest, idle);
+  return {
+    saveMs,
+    restoreMs,
+    queued: filled.queued,
+    awaiting: filled.awaiting,
+    savedBytes: saved.bytes,
+    imageBytes: 0,
+  };
+}
+
+/**
+ * One round of the whole host side at one size, over the real VMBus (same-thread transport): sets
+ * up N in-flight packets, times the host save (channel save, Disable, Cleanup, detachPartition)
+ * and the host restore (new Hypervisor, BusKmclHost, adoptPartition, provider, channel restore,
+ * finishRestore), and checks the restored channel (untimed). Closes both host instances' systems.
+ */
+async function hostRound(size: Size, out: Uint8Array): Promise<Round> {
+  const n = size.packets;
+  const sys = await createKmclSystem({ memoryBytes: GUEST_MEMORY_BYTES });
+  const idle = () => sys.idle();
+  let hostBus2: BusKmclHost | null = null;
+  let hv2: Hypervisor | null = null;
+  try {
+    const pid = sys.hv.partitions()[0]!.partitionId;
+    const guest = new GuestClient(sys.guests[0]!, size.ringPages);
+    const S1 = serverTable(sys.host);
+    const a = new Vsp(S1);
+    const filled = await fill(a, guest, n, idle);
+
+    // --- host save (Pause is done): the channel, then the partition's host VMBus ---
+    const t0 = performance.now();
+    const saved = saveChannel(S1, a.channel, out);
+    await S1.VmbChannelDisable(a.channel);
+    S1.VmbChannelCleanup(a.channel);
+    const detached = await sys.hostBus.detachPartition(pid);
+    const saveMs = performance.now() - t0;
+
+    // --- host restore: a new host instance on the same scheduler ---
+    const t1 = performance.now();
+    hv2 = new Hypervisor({ transport: 'same-thread', scheduler: sys.hv.scheduler! });
+    hostBus2 = new BusKmclHost(hv2);
+    hostBus2.adoptPartition(detached.descriptor, detached.image, { replacing: detached.hostEnd });
+    const S2 = serverTable(KmclProvider.forHost(hostBus2));
+    const b = restoreChannel(S2, saved.chunks);
+    await hostBus2.finishRestore(pid);
+    const restoreMs = performance.now() - t1;
+
+    // --- checks (untimed), as for the channel alone ---
+    const problems = restoredProblems(b, n, filled);
+    if (sys.hv.partitions().length !== 0 || hv2.partitions().length !== 1)
+      problems.push('the partition did not move to the new host instance');
+    await completeAll(b, guest, n, idle, problems);
+    if (kmclChannelInfo(guest.channel).state !== 'open') problems.push('the guest did not keep its channel');
+    if (problems.length > 0) throw new Error(`servicing bench, host, ${n} packets: ${problems.join('; ')}`);
+    await closeChannels(b, guest, idle);
+    return {
+      saveMs,
+      restoreMs,
+      queued: filled.queued,
+      awaiting: filled.awaiting,
+      savedBytes: saved.bytes,
+      imageBytes: detached.image.length,
+    };
+  } finally {
+    // The guest client, the old host instance (empty once detached), then the new one.
+    await sys.close();
+    await hostBus2?.dispose();
+    hv2?.close();
+  }
 }
 
 /** A figure whose "packets per second" is in-flight packets per second of save or restore time. */
@@ -362,73 +513,104 @@ function ms(v: number): string {
   return v < 10 ? v.toFixed(2) : v.toFixed(1);
 }
 
+function count(v: number): string {
+  return v.toLocaleString('en-US');
+}
+
+/** The two levels: figure keys are `${prefix}save-N` etc. */
+const LEVELS = [
+  { prefix: '', what: '', run: channelRound },
+  { prefix: 'host-', what: 'host ', run: hostRound },
+] as const;
+
 export const servicingSuite: Suite = {
   name: SUITE,
-  description: 'server channel save + restore (new provider) with 1 / 1,000 / 10,000 packets in flight',
+  description:
+    'server channel save + restore (loopback, new provider) and whole-host save + restore (VMBus, new ' +
+    'host instance) with 1 / 1,000 / 10,000 packets in flight',
   async run(o: SuiteOptions): Promise<SuiteResult> {
     const rounds = o.quick ? 1 : Math.max(9, 5 * o.repeats);
     const warmUps = o.quick ? 0 : 2;
     const out = new Uint8Array(SAVE_BUFFER_BYTES);
-    const results = new Map<number, Round[]>();
-    for (const s of SIZES) results.set(s.packets, []);
-    // Rounds go through every size in turn, so that drift of the machine's speed hits them alike.
+    const results = new Map<string, Round[]>();
+    for (const l of LEVELS) for (const s of SIZES) results.set(`${l.prefix}${s.packets}`, []);
+    // Rounds go through every level and size in turn, so that drift of the machine's speed hits
+    // them alike.
     for (let r = -warmUps; r < rounds; r++) {
       o.log(r < 0 ? `  warm-up round ${r + warmUps + 1} of ${warmUps}` : `  round ${r + 1} of ${rounds}`);
-      for (const s of SIZES) {
-        const got = await round(s, out);
-        if (r >= 0) results.get(s.packets)!.push(got);
+      for (const l of LEVELS) {
+        for (const s of SIZES) {
+          const got = await l.run(s, out);
+          if (r >= 0) results.get(`${l.prefix}${s.packets}`)!.push(got);
+        }
       }
     }
     const figures: Record<string, Figure> = {};
     const notes: string[] = [
-      'one round: a fresh loopback system; the VSP sends N 8-byte WAIT_FOR_COMPLETION transactions to a paused ' +
-        'guest client (the host-to-guest ring fills, the rest queue in KMCL) and pauses its channel',
-      'save = VmbChannelSaveBegin (EvtVmbChannelSavePacket twice per packet, 4 bytes each) + SaveContinue into one ' +
-        `${SAVE_BUFFER_BYTES >> 20} MiB buffer + SaveEnd; restore = in a new host KmclProvider, VmbChannelAllocate + ` +
-        'Init setters + VmbChannelRestoreFromBuffer, whose EvtVmbChannelRestorePacket allocates a packet, calls ' +
-        'VmbPacketRestore and sets its pointer and completion routine',
-      'checked every round (untimed): the restored channel has the saved queued and awaiting counts, and after Start ' +
-        'every transaction completes exactly once, in order',
+      'one round: a fresh system per level and size; the VSP sends N 8-byte WAIT_FOR_COMPLETION transactions to ' +
+        'a paused guest client (the host-to-guest ring fills, the rest queue in KMCL) and pauses its channel ' +
+        '(untimed); the rings are the same at both levels',
+      'save-N / restore-N (loopback port): save = VmbChannelSaveBegin (EvtVmbChannelSavePacket twice per packet, ' +
+        `4 bytes each) + SaveContinue into one ${SAVE_BUFFER_BYTES >> 20} MiB buffer + SaveEnd; restore = in a new ` +
+        'host KmclProvider, VmbChannelAllocate + Init setters + VmbChannelRestoreFromBuffer, whose ' +
+        'EvtVmbChannelRestorePacket allocates a packet, calls VmbPacketRestore and sets its pointer and completion ' +
+        'routine',
+      'host-save-N / host-restore-N (real VMBus, same-thread transport): host save = that channel save + ' +
+        'VmbChannelDisable + Cleanup + detachPartition (host VMBus image encoded); host restore = new Hypervisor + ' +
+        'BusKmclHost + adoptPartition (image decoded and checked, server restored) + new KmclProvider + that ' +
+        'channel restore + finishRestore',
+      'checked every round (untimed): the restored channel has the saved queued and awaiting counts, and after ' +
+        'Start of it and of the guest client every transaction completes exactly once, in order',
       `best of ${rounds} rounds (after ${warmUps} warm-up rounds); total = the best save + restore of one round; ` +
         'pkts/s = in-flight packets / time',
     ];
-    for (const s of SIZES) {
-      const rs = results.get(s.packets)!;
-      const first = rs[0]!;
-      const details = { queued: first.queued, awaiting: first.awaiting, savedBytes: first.savedBytes };
-      const key = (what: string) => `${what}-${s.packets}`;
-      const inFlight = `${s.packets.toLocaleString('en-US')} in flight`;
-      figures[key('save')] = timeFigure(
-        `save, ${inFlight}`,
-        s.packets,
-        rs.map((r) => r.saveMs),
-        details,
-      );
-      figures[key('restore')] = timeFigure(
-        `restore, ${inFlight}`,
-        s.packets,
-        rs.map((r) => r.restoreMs),
-        details,
-      );
-      figures[key('total')] = timeFigure(
-        `save + restore, ${inFlight}`,
-        s.packets,
-        rs.map((r) => r.saveMs + r.restoreMs),
-        details,
-      );
-      const best = (f: string) => figures[key(f)]!.details.ms as number;
-      notes.push(
-        `${inFlight} (${first.queued.toLocaleString('en-US')} queued, ${first.awaiting.toLocaleString('en-US')} ` +
-          `in the ring, ${first.savedBytes.toLocaleString('en-US')} saved bytes): save ${ms(best('save'))} ms, ` +
-          `restore ${ms(best('restore'))} ms, total ${ms(best('total'))} ms` +
-          (s.packets === GOAL_PACKETS
-            ? ` (goal <= ${GOAL_MS} ms: ${best('total') <= GOAL_MS ? 'met' : 'NOT met'})`
-            : ''),
-      );
+    for (const l of LEVELS) {
+      for (const s of SIZES) {
+        const rs = results.get(`${l.prefix}${s.packets}`)!;
+        const first = rs[0]!;
+        const details: Record<string, number> = {
+          queued: first.queued,
+          awaiting: first.awaiting,
+          savedBytes: first.savedBytes,
+        };
+        if (l.prefix !== '') details.imageBytes = first.imageBytes;
+        const key = (what: string) => `${l.prefix}${what}-${s.packets}`;
+        const inFlight = `${count(s.packets)} in flight`;
+        figures[key('save')] = timeFigure(
+          `${l.what}save, ${inFlight}`,
+          s.packets,
+          rs.map((r) => r.saveMs),
+          details,
+        );
+        figures[key('restore')] = timeFigure(
+          `${l.what}restore, ${inFlight}`,
+          s.packets,
+          rs.map((r) => r.restoreMs),
+          details,
+        );
+        figures[key('total')] = timeFigure(
+          `${l.what}save + restore, ${inFlight}`,
+          s.packets,
+          rs.map((r) => r.saveMs + r.restoreMs),
+          details,
+        );
+        const best = (f: string) => figures[key(f)]!.details.ms as number;
+        const sizes =
+          `${count(first.queued)} queued, ${count(first.awaiting)} in the ring, ` +
+          `${count(first.savedBytes)} saved bytes` +
+          (l.prefix !== '' ? `, ${count(first.imageBytes)}-byte host VMBus image` : '');
+        notes.push(
+          `${l.prefix === '' ? 'channel' : 'whole host'}, ${inFlight} (${sizes}): save ${ms(best('save'))} ms, ` +
+            `restore ${ms(best('restore'))} ms, total ${ms(best('total'))} ms` +
+            (s.packets === GOAL_PACKETS
+              ? ` (goal <= ${GOAL_MS} ms: ${best('total') <= GOAL_MS ? 'met' : 'NOT met'})`
+              : ''),
+        );
+      }
     }
     const goalKey = `goal-${GOAL_PACKETS}`;
     figures[goalKey] = {
-      label: `goal: save + restore of ${GOAL_PACKETS.toLocaleString('en-US')} in ${GOAL_MS} ms (reference, not measured)`,
+      label: `goal: save + restore of ${count(GOAL_PACKETS)} in ${GOAL_MS} ms (reference, not measured)`,
       payloadBytes: PAYLOAD_BYTES,
       packetsPerSecond: GOAL_PACKETS / (GOAL_MS / 1000),
       bytesPerSecond: (GOAL_PACKETS * PAYLOAD_BYTES) / (GOAL_MS / 1000),
@@ -456,6 +638,14 @@ export const servicingSuite: Suite = {
         `total${big}`,
         undefined,
         'time per packet at 10,000 / at 1,000 (save + restore; ~1 is linear)',
+      ),
+      servicingHostVsGoal: ratioOf(
+        figures,
+        SUITE,
+        `host-total${big}`,
+        goalKey,
+        undefined,
+        `${GOAL_MS} ms / (whole-host save + restore time), 10,000 in flight`,
       ),
     };
     return { figures, ratios, notes };
