@@ -777,11 +777,9 @@ export class HvHostEnd extends HvEnd {
 
   /** Servicing: unregisters every port kind (message, event) that has no handler after a resume. */
   dropUnclaimedPorts(): void {
-    for (const connectionId of this.unclaimedPorts()) {
+    for (const [connectionId, slot] of [...this.slotByConnection]) {
       if (!this.messageHandlers.has(connectionId)) this.setPortKind(connectionId, PORT_MESSAGE, false);
-      const slot = this.slotByConnection.get(connectionId);
-      if (slot !== undefined && this.eventHandlers[slot] === undefined)
-        this.setPortKind(connectionId, PORT_EVENT, false);
+      if (this.eventHandlers[slot] === undefined) this.setPortKind(connectionId, PORT_EVENT, false);
     }
   }
 

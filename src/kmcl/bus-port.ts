@@ -51,6 +51,7 @@ import {
   VmbusServer,
   type VmbusServerOptions,
 } from '../bus/server.js';
+import type { ServerChannelState } from '../bus/server-state.js';
 import type { HvGuestEnd, HvHostEnd } from '../hv/end.js';
 import { attachGuestPartition, type HvPartitionDescriptor, type HvTransport } from '../hv/hypervisor.js';
 import {
@@ -64,7 +65,7 @@ import { PageAllocator } from '../memory/allocator.js';
 import { GuestMemory, MemoryAccessError } from '../memory/guest-memory.js';
 import { type GrantedMdl, HostMemoryView } from '../memory/host-view.js';
 import { RingError } from '../ring/errors.js';
-import { channelRingsFromGpadl, RingMemory } from '../ring/memory.js';
+import { type ChannelRings, channelRingsFromGpadl, RingMemory } from '../ring/memory.js';
 import { RingReader } from '../ring/reader.js';
 import { RingWriter } from '../ring/writer.js';
 import {
@@ -440,7 +441,7 @@ export class BusKmclHost implements KmclHostBus {
     const ports: BusServerPort[] = [];
     for (const c of saved.server.channels) {
       const port = new BusServerPort(this, entry);
-      port.adoptRestored(c.offer.interfaceType, c.offer.interfaceInstance, c.offer.subChannelIndex);
+      port.adoptRestored(c);
       ports.push(port);
     }
     this.restoredPorts.set(partition.partitionId, ports);
@@ -514,43 +515,49 @@ class BusServerPort implements ServerPort {
    * Servicing: this port stands for a channel of a restored server, released (as if its KMCL
    * channel had just saved it) until a KMCL channel reclaims it.
    */
-  adoptRestored(interfaceType: string, interfaceInstance: string, subChannelIndex: number): void {
+  adoptRestored(ch: Readonly<ServerChannelState>): void {
+    const o = ch.offer;
     const handle = this.server.claimChannel(
       {
-        interfaceType: Guid.parse(interfaceType),
-        interfaceInstance: Guid.parse(interfaceInstance),
-        subChannelIndex,
+        interfaceType: Guid.parse(o.interfaceType),
+        interfaceInstance: Guid.parse(o.interfaceInstance),
+        subChannelIndex: o.subChannelIndex,
       },
       this.handler,
     );
     if (handle === null)
-      throw new Error(`adoptRestored: no restored channel ${interfaceType}/${interfaceInstance}`);
+      throw new Error(`adoptRestored: no restored channel ${o.interfaceType}/${o.interfaceInstance}`);
     this.handle = handle;
-    const ch = this.server.state.channels.find((c) => c.offerId === handle.offerId)!;
-    this.mmioMb = ch.offer.mmioMegabytes;
-    this.mmioOptMb = ch.offer.mmioMegabytesOptional;
-    this.key = releaseKey(this.entry.partition.partitionId, interfaceType, interfaceInstance);
+    this.mmioMb = o.mmioMegabytes;
+    this.mmioOptMb = o.mmioMegabytesOptional;
+    this.key = releaseKey(this.entry.partition.partitionId, o.interfaceType, o.interfaceInstance);
     const rings = this.server.rings(handle);
-    if (ch.phase === 'open' && rings !== null) {
-      const server = this.server;
-      try {
-        const data = new BusDataPath(
-          this.host.queue,
-          new RingWriter(rings.hostToGuest),
-          new RingReader(rings.guestToHost),
-          server.hostView,
-          server.memory.pageCount,
-          () => server.signalGuest(handle),
-        );
-        this.data = data;
-        this.openData = { data, mmio: mmioFor(handle.relid, this.mmioMb, this.mmioOptMb) };
-      } catch (e) {
-        // The guest scribbled on its ring indices: the KMCL channel's restore is refused.
-        if (!(e instanceof RingError)) throw e;
-      }
+    // A null data path (the guest scribbled on its ring indices) makes the KMCL channel's restore fail.
+    const data = ch.phase === 'open' && rings !== null ? this.dataPath(rings, handle) : null;
+    if (data !== null) {
+      this.data = data;
+      this.openData = { data, mmio: mmioFor(handle.relid, this.mmioMb, this.mmioOptMb) };
     }
     this.released = true;
-    if (subChannelIndex === 0) this.host.releasedPorts.set(this.key, this);
+    if (o.subChannelIndex === 0) this.host.releasedPorts.set(this.key, this);
+  }
+
+  /** The host's data path over an open channel's rings, or null if the ring indices are corrupt. */
+  private dataPath(rings: ChannelRings, handle: ServerChannelHandle): BusDataPath | null {
+    const server = this.server;
+    try {
+      return new BusDataPath(
+        this.host.queue,
+        new RingWriter(rings.hostToGuest),
+        new RingReader(rings.guestToHost),
+        server.hostView,
+        server.memory.pageCount,
+        () => server.signalGuest(handle),
+      );
+    } catch (e) {
+      if (e instanceof RingError) return null;
+      throw e;
+    }
   }
 
   /** Servicing: restored and not reclaimed by any KMCL channel. */
@@ -695,21 +702,8 @@ class BusServerPort implements ServerPort {
     const events = this.events;
     const handle = this.handle;
     if (this.revoked || events === null || handle === null) return STATUS_DEVICE_NOT_CONNECTED;
-    const server = this.server;
-    let data: BusDataPath;
-    try {
-      data = new BusDataPath(
-        this.host.queue,
-        new RingWriter(req.rings.hostToGuest),
-        new RingReader(req.rings.guestToHost),
-        server.hostView,
-        server.memory.pageCount,
-        () => server.signalGuest(handle),
-      );
-    } catch (e) {
-      if (e instanceof RingError) return STATUS_INVALID_PARAMETER;
-      throw e;
-    }
+    const data = this.dataPath(req.rings, handle);
+    if (data === null) return STATUS_INVALID_PARAMETER;
     this.data = data;
     const mmio = mmioFor(handle.relid, this.mmioMb, this.mmioOptMb);
     const status = await this.cuttable(events.onOpen({ data, mmio }), STATUS_DEVICE_NOT_CONNECTED);

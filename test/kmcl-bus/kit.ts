@@ -4,6 +4,7 @@
 
 import {
   type EvtVmbChannelProcessPacket,
+  type EvtVmbPacketCompletionRoutine,
   KMCL_CLIENT_INTERFACE_TYPE,
   type KMCL_CLIENT_INTERFACE_V1,
   KMCL_CLIENT_INTERFACE_V1_SIZE,
@@ -16,6 +17,7 @@ import {
   ntStatusName,
   queryInterface,
   STATUS_BUFFER_OVERFLOW,
+  STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   VMB_CHANNEL_STATE_CHANGE_CALLBACKS_INIT,
   type VMBCHANNEL,
@@ -181,4 +183,35 @@ export async function saveServerChannel(
   await S.VmbChannelDisable(ch);
   S.VmbChannelCleanup(ch);
   return chunks;
+}
+
+/**
+ * Servicing: installs the save/restore packet callbacks of a VSP whose packet pointer is a u32
+ * sequence number. The save writes the 4 bytes (two-call protocol); the restore allocates a
+ * packet, calls VmbPacketRestore, and sets the pointer and `routine` again.
+ */
+export function setSequenceSaveRestore(
+  S: KMCL_SERVER_INTERFACE_V1,
+  ch: VMBCHANNEL,
+  routine: EvtVmbPacketCompletionRoutine,
+): void {
+  must(
+    S.VmbServerChannelInitSetSaveRestorePacketCallbacks(
+      ch,
+      (_c, pk, b, size) => {
+        if (size === 0) return { status: STATUS_BUFFER_TOO_SMALL, BytesNeeded: 4 };
+        new DataView(b!.buffer, b!.byteOffset).setUint32(0, S.VmbPacketGetPointer(pk) as number, true);
+        return { status: STATUS_SUCCESS, BytesNeeded: 4 };
+      },
+      (c, lib, libSize, save) => {
+        const p = S.VmbPacketAllocate(c);
+        if (p === null) return STATUS_BUFFER_TOO_SMALL;
+        const st = S.VmbPacketRestore(p, lib, libSize);
+        S.VmbPacketSetPointer(p, new DataView(save.buffer, save.byteOffset).getUint32(0, true));
+        S.VmbPacketSetCompletionRoutine(p, routine);
+        return st;
+      },
+    ),
+    'save/restore callbacks',
+  );
 }

@@ -9,13 +9,20 @@ import {
   KmclProvider,
   kmclChannelInfo,
   STATUS_BUFFER_OVERFLOW,
-  STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   type VMBCHANNEL,
   type VMBPACKET,
   VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
 } from '../../src/kmcl/index.js';
-import { clientTable, makeClient, makeServer, must, serverTable, until } from '../kmcl-bus/kit.js';
+import {
+  clientTable,
+  makeClient,
+  makeServer,
+  must,
+  serverTable,
+  setSequenceSaveRestore,
+  until,
+} from '../kmcl-bus/kit.js';
 
 describe('servicing over the bus', () => {
   test('a saved server channel is restored into a new provider; the guest never notices', async () => {
@@ -32,29 +39,7 @@ describe('servicing over the bus', () => {
         S0.VmbPacketFree(pk);
       };
       // The VSP saves each packet's sequence number and restores pointer + completion routine.
-      const configure = (SX: typeof S) => (ch: VMBCHANNEL) =>
-        must(
-          SX.VmbServerChannelInitSetSaveRestorePacketCallbacks(
-            ch,
-            (_c, pk, buf, size) => {
-              if (size === 0) return { status: STATUS_BUFFER_TOO_SMALL, BytesNeeded: 4 };
-              new DataView(buf!.buffer, buf!.byteOffset).setUint32(
-                0,
-                SX.VmbPacketGetPointer(pk) as number,
-                true,
-              );
-              return { status: STATUS_SUCCESS, BytesNeeded: 4 };
-            },
-            (c2, lib, libSize, save) => {
-              const p = SX.VmbPacketAllocate(c2)!;
-              const st = SX.VmbPacketRestore(p, lib, libSize);
-              SX.VmbPacketSetPointer(p, new DataView(save.buffer, save.byteOffset).getUint32(0, true));
-              SX.VmbPacketSetCompletionRoutine(p, routine(SX));
-              return st;
-            },
-          ),
-          'save/restore callbacks',
-        );
+      const configure = (SX: typeof S) => (ch: VMBCHANNEL) => setSequenceSaveRestore(SX, ch, routine(SX));
       const s = makeServer(S, { configure: configure(S) });
       const c = makeClient(C);
       must(S.VmbChannelEnable(s), 'server enable');

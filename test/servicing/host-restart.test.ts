@@ -10,7 +10,6 @@ import { BusKmclHost, createKmclSystem } from '../../src/kmcl/bus-port.js';
 import {
   KmclProvider,
   kmclChannelInfo,
-  STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   type VMBCHANNEL,
   type VMBPACKET,
@@ -23,6 +22,7 @@ import {
   must,
   saveServerChannel,
   serverTable,
+  setSequenceSaveRestore,
   until,
 } from '../kmcl-bus/kit.js';
 
@@ -42,25 +42,7 @@ function vsp(S: ServerTable, seen: number[], done: number[]) {
       seen.push(new DataView(buf.buffer, buf.byteOffset, len).getUint32(0, true));
       S.VmbChannelPacketComplete(pkt, null, 0);
     },
-    configure: (c: VMBCHANNEL) =>
-      must(
-        S.VmbServerChannelInitSetSaveRestorePacketCallbacks(
-          c,
-          (_c, pk, b, size) => {
-            if (size === 0) return { status: STATUS_BUFFER_TOO_SMALL, BytesNeeded: 4 };
-            new DataView(b!.buffer, b!.byteOffset).setUint32(0, S.VmbPacketGetPointer(pk) as number, true);
-            return { status: STATUS_SUCCESS, BytesNeeded: 4 };
-          },
-          (c2, lib, libSize, save) => {
-            const p = S.VmbPacketAllocate(c2)!;
-            const st = S.VmbPacketRestore(p, lib, libSize);
-            S.VmbPacketSetPointer(p, new DataView(save.buffer, save.byteOffset).getUint32(0, true));
-            S.VmbPacketSetCompletionRoutine(p, routine);
-            return st;
-          },
-        ),
-        'save/restore callbacks',
-      ),
+    configure: (c: VMBCHANNEL) => setSequenceSaveRestore(S, c, routine),
   });
   return { ch, routine };
 }

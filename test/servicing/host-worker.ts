@@ -13,13 +13,19 @@ import { BusKmclHost, createKmclSystem, type KmclGuestDescriptor } from '../../s
 import {
   KmclProvider,
   kmclChannelInfo,
-  STATUS_BUFFER_TOO_SMALL,
   STATUS_SUCCESS,
   type VMBCHANNEL,
   type VMBPACKET,
   VMBUS_CHANNEL_FORMAT_FLAG_WAIT_FOR_COMPLETION,
 } from '../../src/kmcl/index.js';
-import { makeServer, must, saveServerChannel, serverTable, until } from '../kmcl-bus/kit.js';
+import {
+  makeServer,
+  must,
+  saveServerChannel,
+  serverTable,
+  setSequenceSaveRestore,
+  until,
+} from '../kmcl-bus/kit.js';
 
 /** What the VSP carries from one host instance to the next. */
 export interface VspCounters {
@@ -107,26 +113,7 @@ async function main(): Promise<void> {
       counters.nextSeen = seq + 1;
       S.VmbChannelPacketComplete(pkt, null, 0);
     },
-    configure: (c) =>
-      must(
-        S.VmbServerChannelInitSetSaveRestorePacketCallbacks(
-          c,
-          (_c, pk, b, size) => {
-            if (size === 0) return { status: STATUS_BUFFER_TOO_SMALL, BytesNeeded: 4 };
-            new DataView(b!.buffer, b!.byteOffset).setUint32(0, S.VmbPacketGetPointer(pk) as number, true);
-            return { status: STATUS_SUCCESS, BytesNeeded: 4 };
-          },
-          (c2, lib, libSize, save) => {
-            const p = S.VmbPacketAllocate(c2);
-            if (p === null) return STATUS_BUFFER_TOO_SMALL;
-            const st = S.VmbPacketRestore(p, lib, libSize);
-            S.VmbPacketSetPointer(p, new DataView(save.buffer, save.byteOffset).getUint32(0, true));
-            S.VmbPacketSetCompletionRoutine(p, routine);
-            return st;
-          },
-        ),
-        'save/restore callbacks',
-      ),
+    configure: (c) => setSequenceSaveRestore(S, c, routine),
   });
   if (data.mode === 'adopt') {
     let st = STATUS_SUCCESS;
