@@ -26,17 +26,12 @@
 // VMBus round with its system closed (the guest, and both host instances), so nothing is left
 // running.
 
+import { queryClientTable, queryServerTable } from '../src/devices/driver-common.js';
 import { Hypervisor } from '../src/hv/hypervisor.js';
 import { BusKmclHost, createKmclSystem } from '../src/kmcl/bus-port.js';
 import {
-  KMCL_CLIENT_INTERFACE_TYPE,
   type KMCL_CLIENT_INTERFACE_V1,
-  KMCL_CLIENT_INTERFACE_V1_SIZE,
-  KMCL_CLIENT_INTERFACE_VERSION_V1,
-  KMCL_SERVER_INTERFACE_TYPE,
   type KMCL_SERVER_INTERFACE_V1,
-  KMCL_SERVER_INTERFACE_V1_SIZE,
-  KMCL_SERVER_INTERFACE_VERSION_V1,
   type KmclChannelInfo,
   KmclProvider,
   kmclChannelInfo,
@@ -44,7 +39,6 @@ import {
   type LoopbackPartition,
   NT_SUCCESS,
   ntStatusName,
-  queryInterface,
   STATUS_BUFFER_OVERFLOW,
   STATUS_BUFFER_TOO_SMALL,
   STATUS_MORE_PROCESSING_REQUIRED,
@@ -103,15 +97,6 @@ interface Round {
 
 function check(status: number, what: string): void {
   if (!NT_SUCCESS(status)) throw new Error(`servicing bench: ${what}: ${ntStatusName(status)}`);
-}
-
-function serverTable(host: KmclProvider): KMCL_SERVER_INTERFACE_V1 {
-  return queryInterface<KMCL_SERVER_INTERFACE_V1>(
-    host,
-    KMCL_SERVER_INTERFACE_TYPE,
-    KMCL_SERVER_INTERFACE_V1_SIZE,
-    KMCL_SERVER_INTERFACE_VERSION_V1,
-  ).Interface!;
 }
 
 function readU32(b: Uint8Array, at: number): number {
@@ -233,12 +218,7 @@ class GuestClient {
   readonly channel: VMBCHANNEL;
 
   constructor(guest: KmclProvider, ringPages: number) {
-    this.C = queryInterface<KMCL_CLIENT_INTERFACE_V1>(
-      guest,
-      KMCL_CLIENT_INTERFACE_TYPE,
-      KMCL_CLIENT_INTERFACE_V1_SIZE,
-      KMCL_CLIENT_INTERFACE_VERSION_V1,
-    ).Interface!;
+    this.C = queryClientTable(guest);
     const C = this.C;
     const r = C.VmbChannelAllocate(null, false);
     check(r.status, 'client VmbChannelAllocate');
@@ -398,7 +378,7 @@ async function channelRound(size: Size, out: Uint8Array): Promise<Round> {
   const idle = () => lb.idle();
   const part: LoopbackPartition = lb.addPartition({ memoryBytes: GUEST_MEMORY_BYTES });
   const guest = new GuestClient(KmclProvider.forGuest(part.guestBus(0)), size.ringPages);
-  const S1 = serverTable(KmclProvider.forHost(lb));
+  const S1 = queryServerTable(KmclProvider.forHost(lb));
   const a = new Vsp(S1);
   const filled = await fill(a, guest, n, idle);
 
@@ -412,7 +392,7 @@ async function channelRound(size: Size, out: Uint8Array): Promise<Round> {
   S1.VmbChannelCleanup(a.channel);
 
   // --- restore into a new host provider ---
-  const S2 = serverTable(KmclProvider.forHost(lb));
+  const S2 = queryServerTable(KmclProvider.forHost(lb));
   const t1 = performance.now();
   const b = restoreChannel(S2, saved.chunks);
   const restoreMs = performance.now() - t1;
@@ -447,7 +427,7 @@ async function hostRound(size: Size, out: Uint8Array): Promise<Round> {
   try {
     const pid = sys.hv.partitions()[0]!.partitionId;
     const guest = new GuestClient(sys.guests[0]!, size.ringPages);
-    const S1 = serverTable(sys.host);
+    const S1 = queryServerTable(sys.host);
     const a = new Vsp(S1);
     const filled = await fill(a, guest, n, idle);
 
@@ -464,7 +444,7 @@ async function hostRound(size: Size, out: Uint8Array): Promise<Round> {
     hv2 = new Hypervisor({ transport: 'same-thread', scheduler: sys.hv.scheduler! });
     hostBus2 = new BusKmclHost(hv2);
     hostBus2.adoptPartition(detached.descriptor, detached.image, { replacing: detached.hostEnd });
-    const S2 = serverTable(KmclProvider.forHost(hostBus2));
+    const S2 = queryServerTable(KmclProvider.forHost(hostBus2));
     const b = restoreChannel(S2, saved.chunks);
     await hostBus2.finishRestore(pid);
     const restoreMs = performance.now() - t1;
