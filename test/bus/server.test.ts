@@ -501,7 +501,12 @@ describe('VmbusServer: channels', () => {
   test('messages after one that waits for the upper layer are held: replies keep the guest order', async () => {
     const env = serverWithRawGuest();
     const events: string[] = [];
-    const slowOpen = () => new Promise<number>((resolve) => setTimeout(() => resolve(0), 5));
+    // The open is answered only when the test says so (a timer would race a slow machine).
+    let release = (): void => {};
+    const slowOpen = () =>
+      new Promise<number>((resolve) => {
+        release = () => resolve(0);
+      });
     env.server.offerChannel(OFFER_X, recorder(events, 'x', slowOpen));
     await env.contact(VERSION_WIN10_V5_3);
     await env.send({ type: CHANNELMSG_REQUESTOFFERS });
@@ -514,7 +519,7 @@ describe('VmbusServer: channels', () => {
     void env.guest.post(1, encodeMessage({ type: CHANNELMSG_CLOSECHANNEL, childRelid: 1 }));
     await env.hv.idle();
     assert.equal(env.server.state.inbox.length, 2, 'held while onOpen runs');
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    release();
     await env.hv.idle();
     assert.deepEqual(
       env.take().map((m) => m.type),
